@@ -1,0 +1,1 @@
+"""The microservice chassis: infrastructure every service shares, and no domain code."""

@@ -1,0 +1,145 @@
+"""The outbox relay: one active per service (PostgreSQL advisory lock), woken by
+LISTEN/NOTIFY with polling as the correctness path. Publishes unsent rows in commit order as
+JetStream atomic batches carrying `Nats-Msg-Id = event id`, and marks them sent only after the
+batch's commit ack. A batch refused for a duplicate id (a re-send after a crash) is re-sent
+one message at a time, so the broker drops exactly the duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from chassis import telemetry
+from chassis.bus import Bus, StreamSpec
+from chassis.db import asyncpg_dsn
+from chassis.outbox import NOTIFY_CHANNEL
+
+log = logging.getLogger("chassis.relay")
+
+ERR_BATCH_DUPLICATE = 10201  # the atomic batch contains an already-stored message id
+
+
+class PublishError(Exception):
+    pass
+
+
+class Relay:
+    def __init__(self, database_url: str, bus: Bus, stream: StreamSpec, *, service: str,
+                 batch_size: int = 500, poll_seconds: float = 1.0) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.bus = bus
+        self.stream = stream
+        self.service = service
+        self.batch_size = min(batch_size, 1000)
+        self.poll_seconds = poll_seconds
+        self.lock_key = zlib.crc32(f"crm-relay:{service}".encode())
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.is_leader = False
+        self._stream_ready = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay-{self.service}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
+                try:
+                    await self._lead(conn)
+                finally:
+                    self.is_leader = False
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relay failed; restarting in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+            await asyncio.sleep(2.0)  # another replica is the relay; take over if it dies
+        self.is_leader = True
+        await conn.add_listener(NOTIFY_CHANNEL, self.wake)
+        log.info("relay of %s is leader", self.service)
+        backoff = 0.1
+        while True:
+            rows = await conn.fetch(
+                "SELECT id, subject, headers, payload FROM outbox WHERE sent_at IS NULL "
+                "ORDER BY id LIMIT $1", self.batch_size,
+            )
+            telemetry.OUTBOX_BACKLOG.labels(self.service).set(len(rows))
+            if not rows:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                continue
+            try:
+                await self._publish(rows)
+            except Exception as e:  # nats-py raises its own error types when disconnected
+                self._stream_ready = False
+                log.warning("publish failed (%r); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+            telemetry.EVENTS_PUBLISHED.labels(self.service).inc(len(rows))
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        if not self.bus.connected or self.bus.nc is None:
+            raise PublishError("NATS not connected")
+        if not self._stream_ready:
+            await self.bus.ensure_stream(self.stream)
+            self._stream_ready = True
+        nc = self.bus.nc
+        batch_id = uuid.uuid4().hex
+        last = len(rows)
+        for i, row in enumerate(rows, 1):
+            headers = json.loads(row["headers"])
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i)
+            if i < last:
+                await nc.publish(row["subject"], row["payload"], headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await nc.request(row["subject"], row["payload"], timeout=10, headers=headers)
+            ack = json.loads(reply.data or b"{}")
+            error = ack.get("error")
+            if error is None:
+                return
+            if error.get("err_code") == ERR_BATCH_DUPLICATE:
+                await self._publish_one_by_one(rows)
+                return
+            raise PublishError(f"batch refused: {error}")
+
+    async def _publish_one_by_one(self, rows: Sequence[asyncpg.Record]) -> None:
+        js = self.bus.js
+        for row in rows:
+            headers = json.loads(row["headers"])
+            ack = await js.publish(row["subject"], row["payload"], timeout=10, headers=headers)
+            if ack.duplicate:
+                log.info("broker dropped duplicate %s", headers.get("Nats-Msg-Id"))

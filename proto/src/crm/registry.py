@@ -1,0 +1,88 @@
+"""Registry of the CRM domain events: CloudEvents type <-> protobuf message class <-> subject.
+
+Hand-written (``scripts/proto.sh gen`` keeps it). Add a line to ``EVENT_TYPES`` for every
+new event message.
+
+- ce-type ``crm.<context>.<aggregate>.<event>.v<major>``: ``crm.contacts.contact.created.v1``
+- subject ``crm.<context>.<tenant>.<aggregate>.<event>``: ``crm.contacts.acme.contact.created``
+- ce-dataschema, the message's full protobuf name: ``crm.contacts.v1.ContactCreated``
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Final
+
+from google.protobuf.message import Message
+
+from crm.contacts.v1 import contacts_pb2
+
+__all__ = ["EVENT_TYPES", "ce_type_for", "message_type_for", "subject_for"]
+
+EVENT_TYPES: Final[dict[str, type[Message]]] = {
+    "crm.contacts.contact.created.v1": contacts_pb2.ContactCreated,
+    "crm.contacts.contact.updated.v1": contacts_pb2.ContactUpdated,
+    "crm.contacts.contact.deleted.v1": contacts_pb2.ContactDeleted,
+    "crm.contacts.contact.merged.v1": contacts_pb2.ContactMerged,
+    "crm.contacts.contact.erased.v1": contacts_pb2.ContactErased,
+    "crm.contacts.company.created.v1": contacts_pb2.CompanyCreated,
+    "crm.contacts.company.updated.v1": contacts_pb2.CompanyUpdated,
+    "crm.contacts.company.deleted.v1": contacts_pb2.CompanyDeleted,
+    "crm.contacts.custom_field.defined.v1": contacts_pb2.CustomFieldDefined,
+}
+"""ce-type -> protobuf message class of every event published on NATS."""
+
+# Keyed by the full protobuf name rather than the class, so that an instance built from
+# another class of the same message (e.g. a dynamic message) still resolves.
+_CE_TYPE_BY_FULL_NAME: Final = MappingProxyType(
+    {cls.DESCRIPTOR.full_name: ce_type for ce_type, cls in EVENT_TYPES.items()}
+)
+
+_CE_TYPE = re.compile(
+    r"crm\.(?P<context>[a-z][a-z0-9_]*)\.(?P<aggregate>[a-z][a-z0-9_]*)"
+    r"\.(?P<event>[a-z][a-z0-9_]*)\.v[1-9][0-9]*"
+)
+# Tenant ids are slugs (ARCHITECTURE.md, tenancy): safe as one NATS subject token.
+_TENANT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def subject_for(ce_type: str, tenant: str) -> str:
+    """NATS subject of an event: ``crm.contacts.contact.created.v1`` + ``acme`` ->
+    ``crm.contacts.acme.contact.created``.
+
+    Raises ``ValueError`` for a malformed ce-type or tenant id.
+    """
+    match = _CE_TYPE.fullmatch(ce_type)
+    if match is None:
+        raise ValueError(
+            f"malformed ce-type {ce_type!r}: expected crm.<context>.<aggregate>.<event>.v<N>"
+        )
+    if _TENANT.fullmatch(tenant) is None:
+        raise ValueError(
+            f"malformed tenant id {tenant!r}: expected a slug [a-z0-9][a-z0-9-]{{0,62}}"
+        )
+    return f"crm.{match['context']}.{tenant}.{match['aggregate']}.{match['event']}"
+
+
+def ce_type_for(message: Message | type[Message]) -> str:
+    """ce-type of an event message (instance or class), e.g. ``crm.contacts.contact.created.v1``.
+
+    Raises ``KeyError`` when the message is not a registered event.
+    """
+    full_name = message.DESCRIPTOR.full_name
+    try:
+        return _CE_TYPE_BY_FULL_NAME[full_name]
+    except KeyError:
+        raise KeyError(f"{full_name} is not a registered event message") from None
+
+
+def message_type_for(ce_type: str) -> type[Message]:
+    """Message class of a ce-type, for decoding a received event.
+
+    Raises ``KeyError`` for an unknown ce-type.
+    """
+    try:
+        return EVENT_TYPES[ce_type]
+    except KeyError:
+        raise KeyError(f"unknown ce-type {ce_type!r}") from None

@@ -9,12 +9,6 @@ from typing import Annotated
 
 import asyncpg
 import pytest
-from fastapi import APIRouter, Header, Response
-from google.protobuf.wrappers_pb2 import StringValue
-from httpx import ASGITransport, AsyncClient
-from pydantic import BaseModel
-from sqlalchemy import text
-
 from chassis import outbox
 from chassis.app import ServiceSpec, create_app
 from chassis.auth import PrincipalDep
@@ -26,6 +20,11 @@ from chassis.problems import NotFound
 from chassis.settings import ServiceSettings
 from chassis.tables import metadata
 from chassis.testing import Infra, running
+from fastapi import APIRouter, Header, Response
+from google.protobuf.wrappers_pb2 import StringValue
+from httpx import ASGITransport, AsyncClient
+from pydantic import BaseModel
+from sqlalchemy import text
 
 WIDGET_CREATED = "crm.testctx.widget.created.v1"
 WIDGET_RENAMED = "crm.testctx.widget.renamed.v1"
@@ -39,44 +38,73 @@ router = APIRouter()
 
 
 @router.post("/v1/widgets", status_code=201)
-async def create_widget(body: WidgetIn, session: SessionDep, principal: PrincipalDep,
-                        response: Response) -> dict[str, object]:
+async def create_widget(
+    body: WidgetIn, session: SessionDep, principal: PrincipalDep, response: Response
+) -> dict[str, object]:
     wid = str(uuid.uuid4())
     await session.execute(
         text("INSERT INTO widgets (tenant_id, id, name, version) VALUES (:t, :i, :n, 1)"),
-        {"t": principal.tenant, "i": wid, "n": body.name})
-    outbox.add(session, OutgoingEvent(
-        message=StringValue(value=body.name), ce_type=WIDGET_CREATED, tenant=principal.tenant,
-        aggregate_id=wid, version=1, source="crm/testctx"))
+        {"t": principal.tenant, "i": wid, "n": body.name},
+    )
+    outbox.add(
+        session,
+        OutgoingEvent(
+            message=StringValue(value=body.name),
+            ce_type=WIDGET_CREATED,
+            tenant=principal.tenant,
+            aggregate_id=wid,
+            version=1,
+            source="crm/testctx",
+        ),
+    )
     set_etag(response, 1)
     return {"id": wid, "name": body.name, "version": 1}
 
 
 @router.patch("/v1/widgets/{wid}")
-async def rename_widget(wid: str, body: WidgetIn, session: SessionDep, principal: PrincipalDep,
-                        response: Response,
-                        if_match: Annotated[str | None, Header()] = None) -> dict[str, object]:
-    row = (await session.execute(
-        text("SELECT version FROM widgets WHERE tenant_id = :t AND id = :i FOR UPDATE"),
-        {"t": principal.tenant, "i": wid})).first()
+async def rename_widget(
+    wid: str,
+    body: WidgetIn,
+    session: SessionDep,
+    principal: PrincipalDep,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
+    row = (
+        await session.execute(
+            text("SELECT version FROM widgets WHERE tenant_id = :t AND id = :i FOR UPDATE"),
+            {"t": principal.tenant, "i": wid},
+        )
+    ).first()
     if row is None:
         raise NotFound(f"widget {wid} not found")
     check_if_match(if_match, row[0])
     version = row[0] + 1
     await session.execute(
         text("UPDATE widgets SET name = :n, version = :v WHERE tenant_id = :t AND id = :i"),
-        {"n": body.name, "v": version, "t": principal.tenant, "i": wid})
-    outbox.add(session, OutgoingEvent(
-        message=StringValue(value=body.name), ce_type=WIDGET_RENAMED, tenant=principal.tenant,
-        aggregate_id=wid, version=version, source="crm/testctx"))
+        {"n": body.name, "v": version, "t": principal.tenant, "i": wid},
+    )
+    outbox.add(
+        session,
+        OutgoingEvent(
+            message=StringValue(value=body.name),
+            ce_type=WIDGET_RENAMED,
+            tenant=principal.tenant,
+            aggregate_id=wid,
+            version=version,
+            source="crm/testctx",
+        ),
+    )
     set_etag(response, version)
     return {"id": wid, "name": body.name, "version": version}
 
 
 @router.post("/v1/explode")
 async def explode(session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
-    await session.execute(text("INSERT INTO widgets (tenant_id, id, name, version) "
-                               "VALUES (:t, 'boom', 'x', 1)"), {"t": principal.tenant})
+    await session.execute(
+        text("INSERT INTO widgets (tenant_id, id, name, version) VALUES (:t, 'boom', 'x', 1)"),
+        {"t": principal.tenant},
+    )
     raise RuntimeError("fails after a write")
 
 
@@ -91,9 +119,9 @@ async def record(session: object, event: IncomingEvent) -> None:
     if name == POISON:
         raise ValueError("poison event")
     await session.execute(  # type: ignore[attr-defined]
-        text("INSERT INTO widget_log (event_id, widget_id, version, name) "
-             "VALUES (:e, :w, :v, :n)"),
-        {"e": event.id, "w": event.aggregate_id, "v": event.version, "n": name})
+        text("INSERT INTO widget_log (event_id, widget_id, version, name) VALUES (:e, :w, :v, :n)"),
+        {"e": event.id, "w": event.aggregate_id, "v": event.version, "n": name},
+    )
 
 
 SCHEMA = """
@@ -110,9 +138,8 @@ async def make_database(infra: Infra) -> str:
         await conn.execute(SCHEMA)
     finally:
         await conn.close()
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from chassis.db import sqlalchemy_url
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(sqlalchemy_url(url))
     async with engine.begin() as c:
@@ -123,8 +150,9 @@ async def make_database(infra: Infra) -> str:
 
 def widget_app(infra: Infra, url: str, **overrides: object):  # type: ignore[no-untyped-def]
     settings = infra.settings(ServiceSettings, "testctx", url, **overrides)
-    spec = ServiceSpec(name="testctx", title="test", routers=[router], produces="testctx",
-                       consumers=[widget_log])
+    spec = ServiceSpec(
+        name="testctx", title="test", routers=[router], produces="testctx", consumers=[widget_log]
+    )
     return create_app(spec, settings)
 
 

@@ -8,12 +8,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from chassis import devkeys
 from chassis.auth import KeySet, Verifier
 from chassis.problems import Unauthorized
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +35,45 @@ def kid(keydir: Path) -> str:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    c: dict[str, Any] = {"sub": "u1", "tenant": "acme", "roles": ["admin"], "iss": "crm-dev",
-                         "aud": "crm", "iat": now, "exp": now + 600}
+    c: dict[str, Any] = {
+        "sub": "u1",
+        "tenant": "acme",
+        "roles": ["admin"],
+        "iss": "crm-dev",
+        "aud": "crm",
+        "iat": now,
+        "exp": now + 600,
+    }
     c.update(overrides)
     return {k: v for k, v in c.items() if v is not None}
 
 
 def sign(keydir: Path, body: dict[str, Any]) -> str:
-    return jwt.encode(body, (keydir / "dev-private.pem").read_bytes(), algorithm="RS256",
-                      headers={"kid": kid(keydir)})
+    return jwt.encode(
+        body,
+        (keydir / "dev-private.pem").read_bytes(),
+        algorithm="RS256",
+        headers={"kid": kid(keydir)},
+    )
 
 
 class TestVerify:
     async def test_valid_token_gives_principal(self, keydir: Path, verifier: Verifier) -> None:
-        token = devkeys.mint_token(keydir, tenant="acme", roles=["sales_rep"], sub="u-9",
-                                   teams=["east"])
+        token = devkeys.mint_token(
+            keydir, tenant="acme", roles=["sales_rep"], sub="u-9", teams=["east"]
+        )
         p = await verifier.verify(token)
-        assert (p.sub, p.tenant, p.roles, p.teams) == ("u-9", "acme", frozenset({"sales_rep"}),
-                                                       ("east",))
+        assert (p.sub, p.tenant, p.roles, p.teams) == (
+            "u-9",
+            "acme",
+            frozenset({"sales_rep"}),
+            ("east",),
+        )
 
     async def test_alg_none_is_refused(self, keydir: Path, verifier: Verifier) -> None:
         header = base64.urlsafe_b64encode(
-            json.dumps({"alg": "none", "kid": kid(keydir)}).encode()).rstrip(b"=")
+            json.dumps({"alg": "none", "kid": kid(keydir)}).encode()
+        ).rstrip(b"=")
         payload = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=")
         with pytest.raises(Unauthorized, match="algorithm"):
             await verifier.verify(f"{header.decode()}.{payload.decode()}.")
@@ -71,22 +87,30 @@ class TestVerify:
     async def test_hs256_signed_with_the_public_key_is_refused(
         self, keydir: Path, verifier: Verifier
     ) -> None:
-        pub = serialization.load_pem_private_key(
-            (keydir / "dev-private.pem").read_bytes(), None).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pub = (
+            serialization.load_pem_private_key((keydir / "dev-private.pem").read_bytes(), None)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         header = base64.urlsafe_b64encode(
-            json.dumps({"alg": "HS256", "kid": kid(keydir), "typ": "JWT"}).encode()).rstrip(b"=")
+            json.dumps({"alg": "HS256", "kid": kid(keydir), "typ": "JWT"}).encode()
+        ).rstrip(b"=")
         payload = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=")
         import hashlib
         import hmac
+
         signing_input = header + b"." + payload
         sig = base64.urlsafe_b64encode(
-            hmac.new(pub, signing_input, hashlib.sha256).digest()).rstrip(b"=")
+            hmac.new(pub, signing_input, hashlib.sha256).digest()
+        ).rstrip(b"=")
         with pytest.raises(Unauthorized, match="algorithm"):
             await verifier.verify((signing_input + b"." + sig).decode())
 
-    async def test_es256_with_unknown_key_is_refused(self, keydir: Path,
-                                                     verifier: Verifier) -> None:
+    async def test_es256_with_unknown_key_is_refused(
+        self, keydir: Path, verifier: Verifier
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         token = jwt.encode(claims(), key, algorithm="ES256", headers={"kid": kid(keydir)})
         with pytest.raises(Unauthorized, match="does not match"):
@@ -108,8 +132,9 @@ class TestVerify:
             ({"roles": "admin"}, "roles"),
         ],
     )
-    async def test_bad_claims_are_refused(self, keydir: Path, verifier: Verifier,
-                                          overrides: dict[str, Any], reason: str) -> None:
+    async def test_bad_claims_are_refused(
+        self, keydir: Path, verifier: Verifier, overrides: dict[str, Any], reason: str
+    ) -> None:
         with pytest.raises(Unauthorized, match=reason):
             await verifier.verify(sign(keydir, claims(**overrides)))
 

@@ -7,12 +7,11 @@ import uuid
 
 import asyncpg
 import nats
-from google.protobuf.wrappers_pb2 import StringValue
-from httpx import AsyncClient
-
 from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
 from chassis.testing import Infra, wait_for
+from google.protobuf.wrappers_pb2 import StringValue
+from httpx import AsyncClient
 
 
 async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -42,23 +41,26 @@ async def publish_raw(infra: Infra, event: OutgoingEvent, msg_id: str | None = N
         headers = event.headers()
         if msg_id:
             headers["Nats-Msg-Id"] = msg_id
-        await nc.jetstream().publish(event.subject, event.message.SerializeToString(),
-                                     headers=headers)
+        await nc.jetstream().publish(
+            event.subject, event.message.SerializeToString(), headers=headers
+        )
     finally:
         await nc.close()
 
 
 class TestRelay:
-    async def test_every_event_published_once_in_order(self, client: AsyncClient,
-                                                       crm_infra: Infra, db_url: str) -> None:
+    async def test_every_event_published_once_in_order(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
         h = crm_infra.auth()
         ids = []
         for i in range(20):
             r = await client.post("/v1/widgets", json={"name": f"w{i}"}, headers=h)
             ids.append(r.json()["id"])
         for v in (1, 2, 3):
-            r = await client.patch(f"/v1/widgets/{ids[0]}", json={"name": f"r{v}"},
-                                   headers={**h, "If-Match": f'"{v}"'})
+            r = await client.patch(
+                f"/v1/widgets/{ids[0]}", json={"name": f"r{v}"}, headers={**h, "If-Match": f'"{v}"'}
+            )
             assert r.status_code == 200
         await wait_for(lambda: _all_sent(db_url), message="relay")
         msgs = await stream_messages(crm_infra)
@@ -68,8 +70,9 @@ class TestRelay:
         assert first == [1, 2, 3, 4]
         assert msgs[0].subject == "crm.testctx.acme.widget.created"
 
-    async def test_resent_rows_are_dropped_as_duplicates(self, client: AsyncClient,
-                                                         crm_infra: Infra, db_url: str) -> None:
+    async def test_resent_rows_are_dropped_as_duplicates(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
         h = crm_infra.auth()
         for i in range(5):
             await client.post("/v1/widgets", json={"name": f"w{i}"}, headers=h)
@@ -89,20 +92,28 @@ class TestRelay:
 
 
 async def _all_sent(url: str) -> bool:
-    rows = await fetch(url, "SELECT count(*) FILTER (WHERE sent_at IS NULL) AS unsent, "
-                            "count(*) AS total FROM outbox")
+    rows = await fetch(
+        url,
+        "SELECT count(*) FILTER (WHERE sent_at IS NULL) AS unsent, count(*) AS total FROM outbox",
+    )
     return bool(rows[0]["total"]) and rows[0]["unsent"] == 0
 
 
 def widget_event(wid: str, version: int, name: str, tenant: str = "acme") -> OutgoingEvent:
-    return OutgoingEvent(message=StringValue(value=name),
-                         ce_type="crm.testctx.widget.renamed.v1", tenant=tenant,
-                         aggregate_id=wid, version=version, source="test")
+    return OutgoingEvent(
+        message=StringValue(value=name),
+        ce_type="crm.testctx.widget.renamed.v1",
+        tenant=tenant,
+        aggregate_id=wid,
+        version=version,
+        source="test",
+    )
 
 
 class TestConsumer:
-    async def test_applies_each_event_once(self, client: AsyncClient, crm_infra: Infra,
-                                           db_url: str) -> None:
+    async def test_applies_each_event_once(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
         h = crm_infra.auth()
         for i in range(10):
             await client.post("/v1/widgets", json={"name": f"w{i}"}, headers=h)
@@ -114,8 +125,9 @@ class TestConsumer:
         rows = await fetch(db_url, "SELECT count(*) AS n FROM inbox")
         assert rows[0]["n"] == 10
 
-    async def test_redelivered_event_has_no_second_effect(self, client: AsyncClient,
-                                                          crm_infra: Infra, db_url: str) -> None:
+    async def test_redelivered_event_has_no_second_effect(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
         wid = str(uuid.uuid4())
         ev = widget_event(wid, 1, "once")
         await publish_raw(crm_infra, ev)
@@ -123,27 +135,33 @@ class TestConsumer:
         await publish_raw(crm_infra, ev, msg_id=str(uuid.uuid4()))
         await publish_raw(crm_infra, widget_event(wid, 2, "second"))
         await wait_for(lambda: _eq(lambda: _count(db_url, wid), 2), message="two applied")
-        rows = await fetch(db_url, "SELECT name FROM widget_log WHERE widget_id = $1 "
-                                   "ORDER BY version", wid)
+        rows = await fetch(
+            db_url, "SELECT name FROM widget_log WHERE widget_id = $1 ORDER BY version", wid
+        )
         assert [r["name"] for r in rows] == ["once", "second"]
 
-    async def test_versions_apply_in_order_and_gaps_wait(self, client: AsyncClient,
-                                                         crm_infra: Infra, db_url: str) -> None:
+    async def test_versions_apply_in_order_and_gaps_wait(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
         wid = str(uuid.uuid4())
         await publish_raw(crm_infra, widget_event(wid, 2, "v2"))
         await publish_raw(crm_infra, widget_event(wid, 3, "v3"))
         await publish_raw(crm_infra, widget_event(wid, 1, "v1"))
-        await wait_for(lambda: _eq(lambda: _count(db_url, wid), 3), timeout=15,
-                       message="gap filled")
-        rows = await fetch(db_url, "SELECT version FROM widget_log WHERE widget_id = $1 "
-                                   "ORDER BY ctid", wid)
+        await wait_for(
+            lambda: _eq(lambda: _count(db_url, wid), 3), timeout=15, message="gap filled"
+        )
+        rows = await fetch(
+            db_url, "SELECT version FROM widget_log WHERE widget_id = $1 ORDER BY ctid", wid
+        )
         assert [r["version"] for r in rows] == [1, 2, 3]
         # an older version arriving late is a no-op
         await publish_raw(crm_infra, widget_event(wid, 2, "stale"))
         await publish_raw(crm_infra, widget_event(wid, 4, "v4"))
         await wait_for(lambda: _eq(lambda: _count(db_url, wid), 4), message="v4")
-        names = [r["name"] for r in await fetch(
-            db_url, "SELECT name FROM widget_log WHERE widget_id = $1", wid)]
+        names = [
+            r["name"]
+            for r in await fetch(db_url, "SELECT name FROM widget_log WHERE widget_id = $1", wid)
+        ]
         assert "stale" not in names
 
     async def test_poison_event_is_dead_lettered_and_others_flow(

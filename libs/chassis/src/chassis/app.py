@@ -54,6 +54,8 @@ class ServiceSpec:
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
     # Path prefixes allowed a larger request body than `max_body_bytes` (file imports).
     body_limits: dict[str, int] = field(default_factory=dict)
+    # Idempotency-Key handling; a pure proxy (the gateway) leaves it to the upstream.
+    idempotency: bool = True
 
     @property
     def version_table(self) -> str:
@@ -85,8 +87,9 @@ class _MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            telemetry.HTTP_REQUESTS.labels(self.service, scope["method"], path,
-                                           str(status)).observe(time.perf_counter() - start)
+            telemetry.HTTP_REQUESTS.labels(
+                self.service, scope["method"], path, str(status)
+            ).observe(time.perf_counter() - start)
 
 
 def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
@@ -103,23 +106,34 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         app.state.db = db
         app.state.bus = bus
         app.state.settings = settings
-        app.state.verifier = Verifier(keys, issuer=settings.jwt_issuer,
-                                      audience=settings.jwt_audience)
+        app.state.verifier = Verifier(
+            keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
         app.state.head_revision = (
             head_revision(spec.migrations_dir) if spec.migrations_dir else None
         )
         relay: Relay | None = None
         if spec.produces:
-            relay = Relay(settings.database_url, bus,
-                          StreamSpec.for_context(spec.produces, settings.stream_replicas),
-                          service=spec.name, batch_size=settings.relay_batch_size,
-                          poll_seconds=settings.relay_poll_seconds)
+            relay = Relay(
+                settings.database_url,
+                bus,
+                StreamSpec.for_context(spec.produces, settings.stream_replicas),
+                service=spec.name,
+                batch_size=settings.relay_batch_size,
+                poll_seconds=settings.relay_poll_seconds,
+            )
             relay.start()
         app.state.relay = relay
         runners = [
-            ConsumerRunner(c, db, bus, service=spec.name, batch_size=settings.consumer_batch_size,
-                           max_deliver=settings.consumer_max_deliver,
-                           replicas=settings.stream_replicas)
+            ConsumerRunner(
+                c,
+                db,
+                bus,
+                service=spec.name,
+                batch_size=settings.consumer_batch_size,
+                max_deliver=settings.consumer_max_deliver,
+                replicas=settings.stream_replicas,
+            )
             for c in spec.consumers
         ]
         for r in runners:
@@ -140,15 +154,19 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             await db.dispose()
 
     app = FastAPI(
-        title=spec.title, version=spec.version, description=spec.description,
+        title=spec.title,
+        version=spec.version,
+        description=spec.description,
         lifespan=lifespan,
         openapi_tags=spec.openapi_tags or None,
         telemetry={"operation_spans": False, "metrics": False},
     )
     install_problem_handlers(app)
-    app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       overrides=dict(spec.body_limits))
+    if spec.idempotency:
+        app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, overrides=dict(spec.body_limits)
+    )
     app.add_middleware(_MetricsMiddleware, service=spec.name)
     app.include_router(_ops_router(spec))
     for router in spec.routers:
@@ -174,8 +192,9 @@ def _ops_router(spec: ServiceSpec) -> APIRouter:
         try:
             async with db.engine.connect() as conn:
                 if spec.migrations_dir is not None:
-                    rev = (await conn.execute(
-                        text(f"SELECT version_num FROM {spec.version_table}"))).scalar()
+                    rev = (
+                        await conn.execute(text(f"SELECT version_num FROM {spec.version_table}"))
+                    ).scalar()
                     checks["migrations"] = {"current": rev, "head": request.app.state.head_revision}
                     ready = rev == request.app.state.head_revision
                 else:
@@ -187,8 +206,10 @@ def _ops_router(spec: ServiceSpec) -> APIRouter:
         checks["nats"] = "connected" if bus.connected else "disconnected"
         if relay is not None:
             checks["relay"] = "leader" if relay.is_leader else "standby"
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

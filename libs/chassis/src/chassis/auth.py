@@ -21,8 +21,16 @@ from chassis.problems import Forbidden, Unauthorized
 ALGORITHMS = ["RS256", "ES256"]
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROLES = frozenset(
-    {"admin", "sales_manager", "sales_rep", "marketer", "support_agent", "partner", "erp_sync",
-     "service"}
+    {
+        "admin",
+        "sales_manager",
+        "sales_rep",
+        "marketer",
+        "support_agent",
+        "partner",
+        "erp_sync",
+        "service",
+    }
 )
 
 
@@ -96,8 +104,13 @@ class Verifier:
             raise Unauthorized("token algorithm does not match its key")
         try:
             claims = jwt.decode(
-                token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "iss", "aud", "sub"]}, leeway=5,
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+                leeway=5,
             )
         except jwt.PyJWTError as e:
             raise Unauthorized(f"invalid token: {e}") from e
@@ -111,9 +124,12 @@ class Verifier:
         if not isinstance(teams, list):
             raise Unauthorized("teams must be a list")
         return Principal(
-            sub=str(claims["sub"]), tenant=tenant, roles=frozenset(roles),
+            sub=str(claims["sub"]),
+            tenant=tenant,
+            roles=frozenset(roles),
             teams=tuple(str(t) for t in teams),
-            client=str(claims.get("azp") or claims.get("client_id") or ""), token=token,
+            client=str(claims.get("azp") or claims.get("client_id") or ""),
+            token=token,
         )
 
 

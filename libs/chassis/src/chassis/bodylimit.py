@@ -15,8 +15,9 @@ class _TooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int,
-                 overrides: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.overrides = sorted((overrides or {}).items(), key=lambda kv: -len(kv[0]))
@@ -67,9 +68,22 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
-        body = json.dumps({"type": "about:blank", "title": "Content too large", "status": 413,
-                           "detail": f"request body exceeds {limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Content too large",
+                "status": 413,
+                "detail": f"request body exceeds {limit} bytes",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -28,8 +28,7 @@ class StreamSpec:
 
     @classmethod
     def for_context(cls, context: str, replicas: int = 1) -> StreamSpec:
-        return cls(name=f"CRM_{context.upper()}", subjects=[f"crm.{context}.>"],
-                   replicas=replicas)
+        return cls(name=f"CRM_{context.upper()}", subjects=[f"crm.{context}.>"], replicas=replicas)
 
 
 class Bus:
@@ -61,9 +60,14 @@ class Bus:
         while True:
             try:
                 self.nc = await nats.connect(
-                    self.url, name=self.name, allow_reconnect=True, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, connect_timeout=2,
-                    error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                    self.url,
+                    name=self.name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
                 )
                 self._ready.set()
@@ -85,8 +89,11 @@ class Bus:
 
     async def ensure_stream(self, spec: StreamSpec) -> None:
         config = StreamConfig(
-            name=spec.name, subjects=spec.subjects, storage=StorageType.FILE,
-            num_replicas=spec.replicas, duplicate_window=spec.duplicate_window_seconds,
+            name=spec.name,
+            subjects=spec.subjects,
+            storage=StorageType.FILE,
+            num_replicas=spec.replicas,
+            duplicate_window=spec.duplicate_window_seconds,
             allow_atomic=True,
         )
         try:

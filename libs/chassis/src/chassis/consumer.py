@@ -49,6 +49,7 @@ class Consumer:
         def register(fn: Handler) -> Handler:
             self.handlers[ce_type] = fn
             return fn
+
         return register
 
     @property
@@ -63,8 +64,17 @@ class _Outcome:
 
 
 class ConsumerRunner:
-    def __init__(self, consumer: Consumer, db: Database, bus: Bus, *, service: str,
-                 batch_size: int = 200, max_deliver: int = 8, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        db: Database,
+        bus: Bus,
+        *,
+        service: str,
+        batch_size: int = 200,
+        max_deliver: int = 8,
+        replicas: int = 1,
+    ) -> None:
         self.consumer = consumer
         self.db = db
         self.bus = bus
@@ -96,9 +106,13 @@ class ConsumerRunner:
         await self.bus.wait_connected()
         await self.bus.ensure_stream(self.stream)
         config = ConsumerConfig(
-            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL, filter_subjects=self.consumer.filter_subjects,
-            max_deliver=self.max_deliver, ack_wait=30, max_ack_pending=10_000,
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subjects=self.consumer.filter_subjects,
+            max_deliver=self.max_deliver,
+            ack_wait=30,
+            max_ack_pending=10_000,
         )
         js = self.bus.js
         try:
@@ -156,7 +170,8 @@ class ConsumerRunner:
         for m, why in outcome.gap:
             await self._retry_later(m, why)
         telemetry.EVENTS_CONSUMED.labels(self.service, self.consumer.name, "applied").inc(
-            len(outcome.ack))
+            len(outcome.ack)
+        )
 
     async def _apply_in_transaction(self, events: list[tuple[Msg, IncomingEvent]]) -> _Outcome:
         async with self.db.sessionmaker() as session:
@@ -169,22 +184,32 @@ class ConsumerRunner:
                 await session.rollback()
                 raise
 
-    async def _apply(self, session: AsyncSession, events: list[tuple[Msg, IncomingEvent]]
-                     ) -> _Outcome:
+    async def _apply(
+        self, session: AsyncSession, events: list[tuple[Msg, IncomingEvent]]
+    ) -> _Outcome:
         name = self.durable
         ids = [ev.id for _, ev in events]
         seen = {
-            str(r[0]) for r in await session.execute(
-                text("SELECT event_id FROM inbox WHERE consumer = :c "
-                     "AND event_id = ANY(CAST(:ids AS uuid[]))"), {"c": name, "ids": ids})
+            str(r[0])
+            for r in await session.execute(
+                text(
+                    "SELECT event_id FROM inbox WHERE consumer = :c "
+                    "AND event_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"c": name, "ids": ids},
+            )
         }
         keys = {(ev.aggregate, ev.aggregate_id) for _, ev in events}
         positions: dict[tuple[str, str], int] = {
-            (r[0], r[1]): r[2] for r in await session.execute(
-                text("SELECT p.aggregate, p.aggregate_id, p.version FROM consumer_positions p "
-                     "JOIN unnest(CAST(:aggs AS text[]), CAST(:agg_ids AS text[])) AS k(a, i) "
-                     "ON p.aggregate = k.a AND p.aggregate_id = k.i WHERE p.consumer = :c"),
-                {"c": name, "aggs": [k[0] for k in keys], "agg_ids": [k[1] for k in keys]})
+            (r[0], r[1]): r[2]
+            for r in await session.execute(
+                text(
+                    "SELECT p.aggregate, p.aggregate_id, p.version FROM consumer_positions p "
+                    "JOIN unnest(CAST(:aggs AS text[]), CAST(:agg_ids AS text[])) AS k(a, i) "
+                    "ON p.aggregate = k.a AND p.aggregate_id = k.i WHERE p.consumer = :c"
+                ),
+                {"c": name, "aggs": [k[0] for k in keys], "agg_ids": [k[1] for k in keys]},
+            )
         }
         outcome = _Outcome()
         applied: list[str] = []
@@ -214,18 +239,28 @@ class ConsumerRunner:
             outcome.ack.append(m)
         if applied:
             await session.execute(
-                text("INSERT INTO inbox (consumer, event_id) "
-                     "SELECT :c, unnest(CAST(:ids AS uuid[]))"), {"c": name, "ids": applied})
+                text(
+                    "INSERT INTO inbox (consumer, event_id) SELECT :c, unnest(CAST(:ids AS uuid[]))"
+                ),
+                {"c": name, "ids": applied},
+            )
         if moved:
             await session.execute(
-                text("INSERT INTO consumer_positions (consumer, aggregate, aggregate_id, version) "
-                     "SELECT :c, a, i, v FROM unnest(CAST(:aggs AS text[]), "
-                     "CAST(:agg_ids AS text[]), CAST(:vs AS bigint[])) AS k(a, i, v) "
-                     "ON CONFLICT (consumer, aggregate, aggregate_id) DO UPDATE "
-                     "SET version = EXCLUDED.version "
-                     "WHERE consumer_positions.version < EXCLUDED.version"),
-                {"c": name, "aggs": [k[0] for k in moved], "agg_ids": [k[1] for k in moved],
-                 "vs": list(moved.values())})
+                text(
+                    "INSERT INTO consumer_positions (consumer, aggregate, aggregate_id, version) "
+                    "SELECT :c, a, i, v FROM unnest(CAST(:aggs AS text[]), "
+                    "CAST(:agg_ids AS text[]), CAST(:vs AS bigint[])) AS k(a, i, v) "
+                    "ON CONFLICT (consumer, aggregate, aggregate_id) DO UPDATE "
+                    "SET version = EXCLUDED.version "
+                    "WHERE consumer_positions.version < EXCLUDED.version"
+                ),
+                {
+                    "c": name,
+                    "aggs": [k[0] for k in moved],
+                    "agg_ids": [k[1] for k in moved],
+                    "vs": list(moved.values()),
+                },
+            )
         return outcome
 
     @staticmethod
@@ -243,7 +278,7 @@ class ConsumerRunner:
                 ev = IncomingEvent.from_nats(m.subject, m.headers, m.data)
             await self._dead_letter(m, ev, why)
             return
-        await m.nak(delay=min(0.1 * 2 ** n, 10.0))
+        await m.nak(delay=min(0.1 * 2**n, 10.0))
 
     async def _failed(self, m: Msg, ev: IncomingEvent, error: str) -> None:
         log.warning("consumer %s: event %s (%s) failed: %s", self.durable, ev.id, ev.type, error)
@@ -254,11 +289,20 @@ class ConsumerRunner:
         log.error("consumer %s: dead-lettering %s: %s", self.durable, m.subject, error)
         async with self.db.sessionmaker() as session:
             await session.execute(
-                text("INSERT INTO dead_letters (consumer, event_id, subject, headers, payload, "
-                     "error, deliveries) VALUES (:c, :e, :s, CAST(:h AS jsonb), :p, :err, :n)"),
-                {"c": self.durable, "e": ev.id if ev else "", "s": m.subject,
-                 "h": json.dumps(dict(m.headers or {})), "p": m.data, "err": error[:2000],
-                 "n": self._deliveries(m)})
+                text(
+                    "INSERT INTO dead_letters (consumer, event_id, subject, headers, payload, "
+                    "error, deliveries) VALUES (:c, :e, :s, CAST(:h AS jsonb), :p, :err, :n)"
+                ),
+                {
+                    "c": self.durable,
+                    "e": ev.id if ev else "",
+                    "s": m.subject,
+                    "h": json.dumps(dict(m.headers or {})),
+                    "p": m.data,
+                    "err": error[:2000],
+                    "n": self._deliveries(m),
+                },
+            )
             await session.commit()
         telemetry.EVENTS_CONSUMED.labels(self.service, self.consumer.name, "dead").inc()
         await m.term()

@@ -16,16 +16,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chassis import outbox
 
+
 def asyncpg_dsn(url: str) -> str:
     """A plain `postgresql://` DSN for asyncpg from any SQLAlchemy-style URL."""
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix) :]
     return url
 
 
 def sqlalchemy_url(url: str) -> str:
-    return "postgresql+asyncpg://" + asyncpg_dsn(url)[len("postgresql://"):]
+    return "postgresql+asyncpg://" + asyncpg_dsn(url)[len("postgresql://") :]
 
 
 class Database:
@@ -35,7 +36,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
-            sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size,
+            sqlalchemy_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
             pool_pre_ping=False,
         )
         self.sessionmaker = async_sessionmaker(

@@ -24,7 +24,8 @@ def ensure_dev_keys(directory: Path) -> Path:
         return private_path
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     tmp = private_path.with_suffix(".tmp")
@@ -37,17 +38,32 @@ def ensure_dev_keys(directory: Path) -> Path:
     return private_path
 
 
-def mint_token(directory: Path, *, tenant: str, roles: list[str], sub: str = "user-1",
-               teams: list[str] | None = None, issuer: str = "crm-dev", audience: str = "crm",
-               ttl_seconds: int = 12 * 3600, client: str = "dev-cli",
-               extra: dict[str, Any] | None = None) -> str:
+def mint_token(
+    directory: Path,
+    *,
+    tenant: str,
+    roles: list[str],
+    sub: str = "user-1",
+    teams: list[str] | None = None,
+    issuer: str = "crm-dev",
+    audience: str = "crm",
+    ttl_seconds: int = 12 * 3600,
+    client: str = "dev-cli",
+    extra: dict[str, Any] | None = None,
+) -> str:
     private_path = ensure_dev_keys(directory)
     kid = json.loads((directory / "jwks.json").read_text())["keys"][0]["kid"]
     now = int(time.time())
     claims: dict[str, Any] = {
-        "sub": sub, "tenant": tenant, "roles": roles, "teams": teams or [], "iss": issuer,
-        "aud": audience, "iat": now, "exp": now + ttl_seconds, "azp": client,
+        "sub": sub,
+        "tenant": tenant,
+        "roles": roles,
+        "teams": teams or [],
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "azp": client,
     }
     claims.update(extra or {})
-    return jwt.encode(claims, private_path.read_bytes(), algorithm="RS256",
-                      headers={"kid": kid})
+    return jwt.encode(claims, private_path.read_bytes(), algorithm="RS256", headers={"kid": kid})

@@ -8,6 +8,7 @@ W3C traceparent.
 
 from __future__ import annotations
 
+import builtins
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class IncomingEvent:
     def aggregate(self) -> str:
         return aggregate_of(self.type)
 
-    def parse(self, cls: type[M]) -> M:
+    def parse(self, cls: builtins.type[M]) -> M:
         if cls.DESCRIPTOR.full_name != self.dataschema:
             raise MalformedEvent(
                 f"event {self.id} carries {self.dataschema}, not {cls.DESCRIPTOR.full_name}"
@@ -123,10 +124,17 @@ class IncomingEvent:
             if h["ce-specversion"] != "1.0":
                 raise MalformedEvent(f"unsupported ce-specversion {h['ce-specversion']!r}")
             return cls(
-                id=h["ce-id"], type=h["ce-type"], source=h["ce-source"], tenant=h["ce-tenant"],
-                aggregate_id=h["ce-subject"], version=int(h["ce-sequence"]),
+                id=h["ce-id"],
+                type=h["ce-type"],
+                source=h["ce-source"],
+                tenant=h["ce-tenant"],
+                aggregate_id=h["ce-subject"],
+                version=int(h["ce-sequence"]),
                 time=datetime.fromisoformat(h["ce-time"].replace("Z", "+00:00")),
-                dataschema=h.get("ce-dataschema", ""), data=data, subject=subject, headers=h,
+                dataschema=h.get("ce-dataschema", ""),
+                data=data,
+                subject=subject,
+                headers=h,
             )
         except KeyError as e:
             raise MalformedEvent(f"missing CloudEvents header {e.args[0]}") from e

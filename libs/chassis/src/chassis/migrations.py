@@ -51,8 +51,12 @@ def run_env(context: object, target_metadata: MetaData | None = None) -> None:
     version_table = cfg.attributes.get("version_table", "alembic_version")
 
     def do_run(connection: Connection) -> None:
-        alembic_context.configure(connection=connection, target_metadata=target_metadata,
-                                  version_table=version_table, transaction_per_migration=True)
+        alembic_context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            version_table=version_table,
+            transaction_per_migration=True,
+        )
         with alembic_context.begin_transaction():
             alembic_context.run_migrations()
 
@@ -78,6 +82,8 @@ async def current_revision(engine_url: str, version_table: str) -> str | None:
         async with engine.connect() as conn:
             return await conn.run_sync(
                 lambda c: MigrationContext.configure(
-                    c, opts={"version_table": version_table}).get_current_revision())
+                    c, opts={"version_table": version_table}
+                ).get_current_revision()
+            )
     finally:
         await engine.dispose()

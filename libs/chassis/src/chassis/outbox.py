@@ -17,9 +17,7 @@ _KEY = "chassis.outbox"
 
 def add(session: AsyncSession, event: OutgoingEvent) -> None:
     """Record `event` to be published once the caller's transaction commits."""
-    pending: list[tuple[OutgoingEvent, str | None]] = session.sync_session.info.setdefault(
-        _KEY, []
-    )
+    pending: list[tuple[OutgoingEvent, str | None]] = session.sync_session.info.setdefault(_KEY, [])
     pending.append((event, telemetry.current_traceparent()))
 
 
@@ -34,9 +32,14 @@ async def flush_events(session: AsyncSession) -> None:
         return
     rows: list[dict[str, Any]] = [
         {
-            "event_id": e.id, "tenant_id": e.tenant, "subject": e.subject, "ce_type": e.ce_type,
-            "aggregate_id": e.aggregate_id, "aggregate_version": e.version,
-            "headers": e.headers(tp), "payload": e.message.SerializeToString(),
+            "event_id": e.id,
+            "tenant_id": e.tenant,
+            "subject": e.subject,
+            "ce_type": e.ce_type,
+            "aggregate_id": e.aggregate_id,
+            "aggregate_version": e.version,
+            "headers": e.headers(tp),
+            "payload": e.message.SerializeToString(),
             "created_at": e.time,
         }
         for e, tp in events

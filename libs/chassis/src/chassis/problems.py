@@ -87,8 +87,11 @@ def invalid(field: str | list[str | int], message: str) -> Unprocessable:
 
 
 def problem_response(
-    status: int, title: str, detail: str | None = None,
-    headers: dict[str, str] | None = None, **extra: Any,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
@@ -101,7 +104,9 @@ async def _problem_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse(
-        exc.to_dict(request.url.path), status_code=exc.status, media_type=PROBLEM_JSON,
+        exc.to_dict(request.url.path),
+        status_code=exc.status,
+        media_type=PROBLEM_JSON,
         headers=headers,
     )
 
@@ -116,28 +121,48 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
         f"{'.'.join(str(p) for p in e['path']) or 'body'}: {e['message']}" for e in errors
     )
     body = {
-        "type": "about:blank", "title": "Unprocessable content", "status": 422,
-        "detail": detail, "instance": request.url.path, "errors": errors,
+        "type": "about:blank",
+        "title": "Unprocessable content",
+        "status": 422,
+        "detail": detail,
+        "instance": request.url.path,
+        "errors": errors,
     }
     return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Content too large",
-              401: "Unauthorized", 403: "Forbidden"}
-    body = {
-        "type": "about:blank", "title": titles.get(exc.status_code, "Error"),
-        "status": exc.status_code, "detail": str(exc.detail), "instance": request.url.path,
+    titles = {
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Content too large",
+        401: "Unauthorized",
+        403: "Forbidden",
     }
-    return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON,
-                        headers=getattr(exc, "headers", None))
+    body = {
+        "type": "about:blank",
+        "title": titles.get(exc.status_code, "Error"),
+        "status": exc.status_code,
+        "detail": str(exc.detail),
+        "instance": request.url.path,
+    }
+    return JSONResponse(
+        body,
+        status_code=exc.status_code,
+        media_type=PROBLEM_JSON,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = {"type": "about:blank", "title": "Internal server error", "status": 500,
-            "instance": request.url.path}
+    body = {
+        "type": "about:blank",
+        "title": "Internal server error",
+        "status": 500,
+        "instance": request.url.path,
+    }
     return JSONResponse(body, status_code=500, media_type=PROBLEM_JSON)
 
 

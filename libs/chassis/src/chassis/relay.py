@@ -32,8 +32,16 @@ class PublishError(Exception):
 
 
 class Relay:
-    def __init__(self, database_url: str, bus: Bus, stream: StreamSpec, *, service: str,
-                 batch_size: int = 500, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        bus: Bus,
+        stream: StreamSpec,
+        *,
+        service: str,
+        batch_size: int = 500,
+        poll_seconds: float = 1.0,
+    ) -> None:
         self.dsn = asyncpg_dsn(database_url)
         self.bus = bus
         self.stream = stream
@@ -86,7 +94,8 @@ class Relay:
         while True:
             rows = await conn.fetch(
                 "SELECT id, subject, headers, payload FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY id LIMIT $1", self.batch_size,
+                "ORDER BY id LIMIT $1",
+                self.batch_size,
             )
             telemetry.OUTBOX_BACKLOG.labels(self.service).set(len(rows))
             if not rows:

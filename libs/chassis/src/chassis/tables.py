@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, Table, Text, func, text,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = MetaData()
 
 outbox = Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
     Column("tenant_id", Text, nullable=False),
@@ -26,7 +37,8 @@ outbox = Table(
 )
 
 inbox = Table(
-    "inbox", metadata,
+    "inbox",
+    metadata,
     Column("consumer", Text, primary_key=True),
     Column("event_id", UUID(as_uuid=True), primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -35,7 +47,8 @@ inbox = Table(
 # Per consumer, the last applied version of every aggregate it has seen: an older version is
 # a no-op, a gap waits.
 consumer_positions = Table(
-    "consumer_positions", metadata,
+    "consumer_positions",
+    metadata,
     Column("consumer", Text, primary_key=True),
     Column("aggregate", Text, primary_key=True),
     Column("aggregate_id", Text, primary_key=True),
@@ -43,7 +56,8 @@ consumer_positions = Table(
 )
 
 dead_letters = Table(
-    "dead_letters", metadata,
+    "dead_letters",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("consumer", Text, nullable=False),
     Column("event_id", Text, nullable=False),
@@ -56,7 +70,8 @@ dead_letters = Table(
 )
 
 idempotency_keys = Table(
-    "idempotency_keys", metadata,
+    "idempotency_keys",
+    metadata,
     Column("tenant_id", Text, primary_key=True),
     Column("key", Text, primary_key=True),
     Column("request_hash", Text, nullable=False),

@@ -19,11 +19,13 @@ _configured = False
 HTTP_REQUESTS = Histogram(
     "crm_http_request_seconds", "HTTP request duration", ["service", "method", "route", "status"]
 )
-EVENTS_PUBLISHED = Counter("crm_events_published_total", "Events published by the relay",
-                           ["service"])
+EVENTS_PUBLISHED = Counter(
+    "crm_events_published_total", "Events published by the relay", ["service"]
+)
 OUTBOX_BACKLOG = Gauge("crm_outbox_backlog", "Unsent outbox rows seen by the relay", ["service"])
-EVENTS_CONSUMED = Counter("crm_events_consumed_total", "Events handled by consumers",
-                          ["service", "consumer", "outcome"])
+EVENTS_CONSUMED = Counter(
+    "crm_events_consumed_total", "Events handled by consumers", ["service", "consumer", "outcome"]
+)
 
 
 class _TraceContextFilter(logging.Filter):
@@ -47,8 +49,10 @@ def setup(service: str, *, log_level: str = "INFO", json_logs: bool = True) -> N
     handler = logging.StreamHandler(sys.stdout)
     if json_logs:
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                          rename_fields={"levelname": "level", "asctime": "time"})
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "asctime": "time"},
+            )
         )
     handler.addFilter(_TraceContextFilter())
     root = logging.getLogger()

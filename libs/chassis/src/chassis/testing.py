@@ -38,8 +38,9 @@ class Infra:
     def nats_url(self) -> str:
         return self.nats.url
 
-    async def database(self, name: str, migrations_dir: Path | None = None,
-                       version_table: str | None = None) -> str:
+    async def database(
+        self, name: str, migrations_dir: Path | None = None, version_table: str | None = None
+    ) -> str:
         """A database for one service, migrated once per run and emptied for each test."""
         url = self._migrated.get(name)
         if url is None:
@@ -53,21 +54,38 @@ class Infra:
 
     def settings(self, cls: type[S], service: str, database_url: str, **overrides: Any) -> S:
         values: dict[str, Any] = {
-            "service_name": service, "env": "test", "database_url": database_url,
-            "nats_url": self.nats_url, "jwks_file": self.jwt_dir / "jwks.json",
-            "relay_poll_seconds": 0.5, "log_json": False, "db_pool_size": 5,
+            "service_name": service,
+            "env": "test",
+            "database_url": database_url,
+            "nats_url": self.nats_url,
+            "jwks_file": self.jwt_dir / "jwks.json",
+            "relay_poll_seconds": 0.5,
+            "log_json": False,
+            "db_pool_size": 5,
             "consumer_max_deliver": 4,
         }
         values.update(overrides)
         return cls(**values)
 
-    def token(self, tenant: str = "acme", roles: list[str] | None = None, sub: str = "user-1",
-              teams: list[str] | None = None, **kw: Any) -> str:
-        return devkeys.mint_token(self.jwt_dir, tenant=tenant, roles=roles or ["admin"],
-                                  sub=sub, teams=teams, **kw)
+    def token(
+        self,
+        tenant: str = "acme",
+        roles: list[str] | None = None,
+        sub: str = "user-1",
+        teams: list[str] | None = None,
+        **kw: Any,
+    ) -> str:
+        return devkeys.mint_token(
+            self.jwt_dir, tenant=tenant, roles=roles or ["admin"], sub=sub, teams=teams, **kw
+        )
 
-    def auth(self, tenant: str = "acme", roles: list[str] | None = None, sub: str = "user-1",
-             teams: list[str] | None = None) -> dict[str, str]:
+    def auth(
+        self,
+        tenant: str = "acme",
+        roles: list[str] | None = None,
+        sub: str = "user-1",
+        teams: list[str] | None = None,
+    ) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(tenant, roles, sub, teams)}"}
 
     async def reset_streams(self) -> None:
@@ -76,7 +94,8 @@ class Infra:
         try:
             js = nc.jetstream()
             for info in await js.streams_info():
-                await js.delete_stream(info.config.name)
+                if info.config.name:
+                    await js.delete_stream(info.config.name)
         finally:
             await nc.close()
 
@@ -86,7 +105,8 @@ async def truncate_all(url: str) -> None:
     try:
         names = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename NOT LIKE 'alembic_version%'")
+            "AND tablename NOT LIKE 'alembic_version%'"
+        )
         if names:
             joined = ", ".join(f'"{r["tablename"]}"' for r in names)
             await conn.execute(f"TRUNCATE {joined} RESTART IDENTITY CASCADE")
@@ -94,8 +114,13 @@ async def truncate_all(url: str) -> None:
         await conn.close()
 
 
-async def wait_for(probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0,
-                   interval: float = 0.02, message: str = "condition") -> T:
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
     """Poll `probe` until it returns something truthy; fail with the last value at the
     deadline."""
     deadline = time.monotonic() + timeout
@@ -124,8 +149,10 @@ def crm_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     base = tmp_path_factory.mktemp("crm")
     pg = Postgres(base / "pg")
     # Tests need no crash durability of PostgreSQL; NATS keeps sync_interval: always.
-    pg.server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
-                   "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+    pg.server.psql(
+        "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
+        "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+    )
     broker = NatsProcess(base / "nats")
     broker.start()
     jwt_dir = base / "jwt"

@@ -1,0 +1,414 @@
+"""`make bench`: the performance budget of ARCHITECTURE.md section 7, each figure as a ratio
+to a baseline measured in the same run on the same machine.
+
+Starts its own embedded PostgreSQL and nats-server (temporary data), the contacts service,
+the gateway and the baseline app (FastAPI + raw asyncpg) as uvicorn processes, then drives
+them with bench/loadgen.py. Results go to stdout and bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+from chassis import devkeys
+from chassis.infra import NatsProcess, Postgres, ensure_database, free_port
+from chassis.migrations import upgrade
+from chassis.settings import with_database
+from loadgen import build_request, read_response, run_closed_loop, run_open_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+class Stack:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        self.pg = Postgres(self.base / "pg")
+        self.nats = NatsProcess(self.base / "nats")
+        self.nats.start()
+        self.jwt = self.base / "jwt"
+        devkeys.ensure_dev_keys(self.jwt)
+        server = self.pg.url()
+        self.urls = {}
+        for name, mig in (
+            ("contacts", "services/contacts/migrations"),
+            ("gateway", "gateway/migrations"),
+        ):
+            db = f"crm_{name}"
+            await ensure_database(server, db)
+            self.urls[name] = with_database(server, db)
+            await upgrade(ROOT / mig, self.urls[name], f"alembic_version_{name}")
+        await ensure_database(server, "bench_baseline")
+        self.urls["baseline"] = with_database(server, "bench_baseline")
+        self.ports = {"contacts": free_port(), "gateway": free_port(), "baseline": free_port()}
+        env = {
+            **os.environ,
+            "CRM_ENV": "dev",
+            "CRM_DATABASE_URL": server,
+            "CRM_NATS_URL": self.nats.url,
+            "CRM_JWKS_FILE": str(self.jwt / "jwks.json"),
+            "CRM_LOG_LEVEL": "WARNING",
+            "GATEWAY_UPSTREAMS": json.dumps(
+                {"contacts": f"http://127.0.0.1:{self.ports['contacts']}"}
+            ),
+            "BASELINE_DSN": self.urls["baseline"],
+        }
+        apps = {
+            "contacts": "contacts.app:create",
+            "gateway": "gateway.app:create",
+            "baseline": "baseline_app:app",
+        }
+        for name, target in apps.items():
+            factory = ["--factory"] if name != "baseline" else []
+            log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115
+            self.procs[name] = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "uvicorn",
+                    *factory,
+                    target,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.ports[name]),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                cwd=str(Path(__file__).parent),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        for name in apps:
+            path = "/readyz" if name != "baseline" else "/docs"
+            self._wait_http(self.ports[name], path)
+
+    @staticmethod
+    def _wait_http(port: int, path: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"port {port}{path} not ready")
+
+    def rss_mb(self, name: str) -> float:
+        return psutil.Process(self.procs[name].pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.nats.stop()
+        self.pg.stop()
+
+
+def auth(stack: Stack, tenant: str = "acme") -> dict[str, str]:
+    token = devkeys.mint_token(stack.jwt, tenant=tenant, roles=["admin"], sub="bench")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def http(
+    port: int, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    raw = json.dumps(body).encode() if body is not None else b""
+    h = {**headers, "Content-Type": "application/json"} if body is not None else headers
+    writer.write(build_request(method, path, h, raw))
+    status, data = await read_response(reader)
+    writer.close()
+    return status, json.loads(data) if data else None
+
+
+async def count_rm(stack: Stack, tenant: str) -> int:
+    conn = await asyncpg.connect(stack.urls["gateway"])
+    try:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM customer_360 WHERE tenant_id = $1", tenant
+        )
+        return n
+    finally:
+        await conn.close()
+
+
+async def wait_rm(stack: Stack, tenant: str, n: int, timeout: float = 600) -> float:
+    start = time.perf_counter()
+    while await count_rm(stack, tenant) < n:
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"read model did not reach {n} for {tenant}")
+        await asyncio.sleep(0.05)
+    return time.perf_counter()
+
+
+def contact_item(i: int, prefix: str) -> dict[str, Any]:
+    return {
+        "first_name": f"First{i}",
+        "last_name": f"Last{i}",
+        "email": f"{prefix}{i}@example.com",
+        "external_ids": {"erp": f"{prefix}-{i}"},
+        "tags": ["bench"],
+        "lifecycle_stage": "lead",
+    }
+
+
+async def bench_read(stack: Stack, duration: float) -> dict[str, Any]:
+    h = auth(stack)
+    ids: list[str] = []
+    for b in range(2):
+        status, body = await http(
+            stack.ports["gateway"],
+            "POST",
+            "/v1/contacts/batch",
+            h,
+            {"items": [contact_item(b * 1000 + i, "read") for i in range(1000)]},
+        )
+        assert status == 200, (status, body)
+        ids += [r["id"] for r in body["items"] if r.get("id")]
+    await wait_rm(stack, "acme", len(ids))
+    gw = await asyncpg.connect(stack.urls["gateway"])
+    docs = await gw.fetch(
+        "SELECT contact_id, doc::text AS doc FROM customer_360 WHERE tenant_id = 'acme'"
+    )
+    await gw.close()
+    base = await asyncpg.connect(stack.urls["baseline"])
+    await base.executemany(
+        "INSERT INTO bench_docs (id, doc) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING",
+        [(uuid.UUID(str(r["contact_id"])), r["doc"]) for r in docs],
+    )
+    await base.close()
+    hdr = h
+    gw_req = [build_request("GET", f"/v1/customers/{i}/360", hdr) for i in ids]
+    bl_req = [build_request("GET", f"/doc/{i}", {}) for i in ids]
+    n = len(ids)
+    out = {}
+    for name, port, reqs in (
+        ("baseline", stack.ports["baseline"], bl_req),
+        ("gateway", stack.ports["gateway"], gw_req),
+    ):
+        await run_closed_loop(port, lambda i, r=reqs: r[i % n], concurrency=32, duration=2)
+        res = await run_closed_loop(
+            port, lambda i, r=reqs: r[i % n], concurrency=32, duration=duration
+        )
+        out[name] = res
+    b, g = out["baseline"], out["gateway"]
+    return {
+        "baseline_rps": b.rps,
+        "gateway_rps": g.rps,
+        "ratio": g.rps / b.rps,
+        "baseline_p99_ms": b.p99 * 1e3,
+        "gateway_p99_ms": g.p99 * 1e3,
+        "p99_ratio": g.p99 / b.p99,
+        "gateway_statuses": g.statuses,
+    }
+
+
+async def bench_create(stack: Stack, duration: float) -> dict[str, Any]:
+    h = {**auth(stack), "Content-Type": "application/json"}
+    run_id = uuid.uuid4().hex[:6]
+
+    def gw(i: int) -> bytes:
+        body = json.dumps(
+            {"first_name": "Ada", "last_name": f"L{i}", "email": f"c{run_id}{i}@example.com"}
+        ).encode()
+        return build_request("POST", "/v1/contacts", h, body)
+
+    def bl(i: int) -> bytes:
+        body = json.dumps(
+            {"first_name": "Ada", "last_name": f"L{i}", "email": f"b{run_id}{i}@example.com"}
+        ).encode()
+        return build_request("POST", "/contacts", {"Content-Type": "application/json"}, body)
+
+    out = {}
+    for name, port, make in (
+        ("baseline", stack.ports["baseline"], bl),
+        ("gateway", stack.ports["gateway"], gw),
+    ):
+        out[name] = await run_closed_loop(port, make, concurrency=16, duration=duration)
+    b, g = out["baseline"], out["gateway"]
+    return {
+        "baseline_rps": b.rps,
+        "gateway_rps": g.rps,
+        "ratio": g.rps / b.rps,
+        "gateway_p99_ms": g.p99 * 1e3,
+        "gateway_statuses": g.statuses,
+    }
+
+
+async def bench_lag(stack: Stack, rate: float, duration: float) -> dict[str, Any]:
+    tenant = "lag"
+    h = {**auth(stack, tenant), "Content-Type": "application/json"}
+
+    def make(i: int) -> bytes:
+        body = json.dumps(
+            {"first_name": "Lag", "last_name": f"L{i}", "email": f"lag{i}@example.com"}
+        ).encode()
+        return build_request("POST", "/v1/contacts", h, body)
+
+    res = await run_open_loop(stack.ports["gateway"], make, rate=rate, duration=duration)
+    created = res.statuses.get(201, 0)
+    await wait_rm(stack, tenant, created, timeout=120)
+    c = await asyncpg.connect(stack.urls["contacts"])
+    made = {
+        str(r["id"]): r["created_at"]
+        for r in await c.fetch("SELECT id, created_at FROM contacts WHERE tenant_id = $1", tenant)
+    }
+    await c.close()
+    g = await asyncpg.connect(stack.urls["gateway"])
+    seen = {
+        str(r["contact_id"]): r["updated_at"]
+        for r in await g.fetch(
+            "SELECT contact_id, updated_at FROM customer_360 WHERE tenant_id = $1", tenant
+        )
+    }
+    await g.close()
+    lags = sorted((seen[k] - made[k]).total_seconds() for k in made if k in seen)
+    p = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))] * 1e3  # noqa: E731
+    return {
+        "rate": rate,
+        "writes": created,
+        "achieved_rate": created / res.elapsed,
+        "lag_p50_ms": p(0.5),
+        "lag_p99_ms": p(0.99),
+        "write_p99_ms": res.p99 * 1e3,
+    }
+
+
+async def bench_batch(stack: Stack, total: int) -> dict[str, Any]:
+    tenant = "bulk"
+    h = auth(stack, tenant)
+    batches = [
+        [contact_item(b * 1000 + i, "bulk") for i in range(1000)] for b in range(total // 1000)
+    ]
+    queue = list(range(len(batches)))
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while queue:
+            b = queue.pop()
+            status, body = await http(
+                stack.ports["gateway"], "POST", "/v1/contacts/batch", h, {"items": batches[b]}
+            )
+            assert status == 200, (status, str(body)[:300])
+
+    await asyncio.gather(*(worker() for _ in range(2)))
+    api_done = time.perf_counter()
+    end = await wait_rm(stack, tenant, total)
+    rows_s = total / (end - start)
+    # baseline: raw executemany upsert of the same rows
+    conn = await asyncpg.connect(stack.urls["baseline"])
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS bench_upsert (tenant_id text, ext text, "
+        "email text, first_name text, last_name text, data jsonb, "
+        "PRIMARY KEY (tenant_id, ext))"
+    )
+    t0 = time.perf_counter()
+    for batch in batches:
+        await conn.executemany(
+            "INSERT INTO bench_upsert VALUES ('bulk', $1, $2, $3, $4, $5) "
+            "ON CONFLICT (tenant_id, ext) DO UPDATE SET email = EXCLUDED.email, "
+            "data = EXCLUDED.data",
+            [
+                (
+                    it["external_ids"]["erp"],
+                    it["email"],
+                    it["first_name"],
+                    it["last_name"],
+                    json.dumps(it),
+                )
+                for it in batch
+            ],
+        )
+    base_rows_s = total / (time.perf_counter() - t0)
+    await conn.close()
+    return {
+        "rows": total,
+        "api_seconds": api_done - start,
+        "until_read_model_seconds": end - start,
+        "rows_per_s": rows_s,
+        "baseline_rows_per_s": base_rows_s,
+        "ratio": rows_s / base_rows_s,
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "meets goal" if ok else "MISSES goal"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--batch-rows", type=int, default=100_000)
+    parser.add_argument("--lag-rate", type=float, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="crm-bench-") as tmp:
+        stack = Stack(Path(tmp))
+        await stack.start()
+        try:
+            await asyncio.sleep(2)
+            memory = {n: stack.rss_mb(n) for n in ("contacts", "gateway")}
+            results: dict[str, Any] = {"idle_rss_mb": memory}
+            results["read_360"] = await bench_read(stack, args.duration)
+            results["create_contact"] = await bench_create(stack, args.duration)
+            results["write_to_360_lag"] = await bench_lag(stack, args.lag_rate, args.duration)
+            results["batch_upsert"] = await bench_batch(stack, args.batch_rows)
+        finally:
+            stack.stop()
+    r = results
+    lines = [
+        f"360 read: gateway {r['read_360']['gateway_rps']:.0f} req/s vs baseline "
+        f"{r['read_360']['baseline_rps']:.0f} -> {r['read_360']['ratio']:.2f}x (goal >= 0.6x, "
+        f"{verdict(r['read_360']['ratio'] >= 0.6)}); p99 {r['read_360']['gateway_p99_ms']:.1f} ms vs "
+        f"{r['read_360']['baseline_p99_ms']:.1f} ms -> {r['read_360']['p99_ratio']:.2f}x "
+        f"(goal <= 3x, {verdict(r['read_360']['p99_ratio'] <= 3)})",
+        f"create contact: gateway {r['create_contact']['gateway_rps']:.0f}/s vs baseline "
+        f"{r['create_contact']['baseline_rps']:.0f}/s -> {r['create_contact']['ratio']:.2f}x "
+        f"(goal >= 0.5x, {verdict(r['create_contact']['ratio'] >= 0.5)})",
+        f"write->360 lag at {r['write_to_360_lag']['achieved_rate']:.0f} writes/s: p50 "
+        f"{r['write_to_360_lag']['lag_p50_ms']:.1f} ms, p99 {r['write_to_360_lag']['lag_p99_ms']:.1f} ms "
+        f"(goal p50 <= 25, p99 <= 150: "
+        f"{verdict(r['write_to_360_lag']['lag_p50_ms'] <= 25 and r['write_to_360_lag']['lag_p99_ms'] <= 150)})",
+        f"batch upsert {r['batch_upsert']['rows']} rows until in the read model: "
+        f"{r['batch_upsert']['rows_per_s']:.0f} rows/s vs executemany "
+        f"{r['batch_upsert']['baseline_rows_per_s']:.0f} -> {r['batch_upsert']['ratio']:.3f}x "
+        f"(goal >= 0.2x, {verdict(r['batch_upsert']['ratio'] >= 0.2)})",
+        "idle RSS: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
+        + f" (goal <= 120 MB, {verdict(max(memory.values()) <= 120)})",
+    ]
+    print("\n".join(lines))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,49 @@
+"""Gateway settings: the upstream services, the per-tenant rate limit and proxy timeouts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import field_validator
+
+from chassis.settings import ServiceSettings
+
+# Local ports of ARCHITECTURE.md section 2; a deployment overrides them with GATEWAY_UPSTREAMS.
+DEFAULT_UPSTREAMS = {"contacts": "http://127.0.0.1:8001"}
+
+
+class GatewaySettings(ServiceSettings):
+    """`GATEWAY_X` overrides `CRM_X` (chassis.settings.load_settings)."""
+
+    # Service name -> base URL. Env: GATEWAY_UPSTREAMS='{"contacts": "http://contacts:8000"}'.
+    upstreams: dict[str, str] = DEFAULT_UPSTREAMS
+    # Token bucket per tenant, shared by every /v1 request of the tenant on this instance.
+    # A value <= 0 turns the limit off.
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
+    proxy_connect_timeout: float = 2.0
+    proxy_read_timeout: float = 30.0
+    proxy_write_timeout: float = 30.0
+    proxy_pool_timeout: float = 5.0
+    proxy_max_connections: int = 256
+    proxy_max_keepalive: int = 128
+    # Verified tokens are remembered (until their `exp`, at most this long) so the hot paths
+    # do not pay for an RSA signature check on every request.
+    token_cache_seconds: float = 60.0
+    token_cache_size: int = 10_000
+    # Upstream OpenAPI documents are refetched after this long (and on the next request after
+    # a failed fetch).
+    openapi_cache_seconds: float = 300.0
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _strip_slash(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: url.rstrip("/") for name, url in value.items()}

@@ -25,11 +25,12 @@ import asyncpg
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+from loadgen import build_request, read_response, run_closed_loop, run_open_loop
+
 from chassis import devkeys
 from chassis.infra import NatsProcess, Postgres, ensure_database, free_port
 from chassis.migrations import upgrade
 from chassis.settings import with_database
-from loadgen import build_request, read_response, run_closed_loop, run_open_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -9,6 +9,12 @@ from typing import Annotated
 
 import asyncpg
 import pytest
+from fastapi import APIRouter, Header, Response
+from google.protobuf.wrappers_pb2 import StringValue
+from httpx import ASGITransport, AsyncClient
+from pydantic import BaseModel
+from sqlalchemy import text
+
 from chassis import outbox
 from chassis.app import ServiceSpec, create_app
 from chassis.auth import PrincipalDep
@@ -20,11 +26,6 @@ from chassis.problems import NotFound
 from chassis.settings import ServiceSettings
 from chassis.tables import metadata
 from chassis.testing import Infra, running
-from fastapi import APIRouter, Header, Response
-from google.protobuf.wrappers_pb2 import StringValue
-from httpx import ASGITransport, AsyncClient
-from pydantic import BaseModel
-from sqlalchemy import text
 
 WIDGET_CREATED = "crm.testctx.widget.created.v1"
 WIDGET_RENAMED = "crm.testctx.widget.renamed.v1"
@@ -138,8 +139,9 @@ async def make_database(infra: Infra) -> str:
         await conn.execute(SCHEMA)
     finally:
         await conn.close()
-    from chassis.db import sqlalchemy_url
     from sqlalchemy.ext.asyncio import create_async_engine
+
+    from chassis.db import sqlalchemy_url
 
     engine = create_async_engine(sqlalchemy_url(url))
     async with engine.begin() as c:

@@ -8,11 +8,12 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from chassis import devkeys
 from chassis.auth import KeySet, Verifier
 from chassis.problems import Unauthorized
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from chassis.events import IncomingEvent, MalformedEvent, OutgoingEvent, aggregate_of, subject_for
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+from chassis.events import IncomingEvent, MalformedEvent, OutgoingEvent, aggregate_of, subject_for
 
 
 class TestCodec:

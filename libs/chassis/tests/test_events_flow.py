@@ -7,11 +7,12 @@ import uuid
 
 import asyncpg
 import nats
+from google.protobuf.wrappers_pb2 import StringValue
+from httpx import AsyncClient
+
 from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
 from chassis.testing import Infra, wait_for
-from google.protobuf.wrappers_pb2 import StringValue
-from httpx import AsyncClient
 
 
 async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:

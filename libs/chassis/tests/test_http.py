@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from chassis.testing import Infra
 from httpx import AsyncClient
 from sqlalchemy import text
+
+from chassis.testing import Infra
 
 PROBLEM = "application/problem+json"
 
@@ -39,6 +40,7 @@ class TestProblems:
         assert r.status_code == 500
         assert r.headers["content-type"] == PROBLEM
         import asyncpg
+
         from chassis.db import asyncpg_dsn
 
         conn = await asyncpg.connect(asyncpg_dsn(db_url))
@@ -92,6 +94,7 @@ class TestIdempotency:
         assert second.headers["idempotent-replayed"] == "true"
         assert second.headers["etag"] == first.headers["etag"]
         import asyncpg
+
         from chassis.db import asyncpg_dsn
 
         conn = await asyncpg.connect(asyncpg_dsn(db_url))

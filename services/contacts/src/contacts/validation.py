@@ -137,7 +137,9 @@ def validate_value(spec: FieldSpec, value: Any) -> Any:  # noqa: C901 - one bran
         if not isinstance(value, str):
             raise ValueError("must be a date YYYY-MM-DD")
         try:
-            return date.fromisoformat(value).isoformat() if len(value) == 10 else _bad_date()
+            if len(value) != 10:
+                raise ValueError(value)
+            return date.fromisoformat(value).isoformat()
         except ValueError:
             raise ValueError("must be a date YYYY-MM-DD") from None
     if t == "bool":
@@ -167,10 +169,6 @@ def validate_value(spec: FieldSpec, value: Any) -> Any:  # noqa: C901 - one bran
             raise ValueError("must be an http(s) URL")
         return value.strip()
     raise ValueError(f"unsupported field type {t!r}")
-
-
-def _bad_date() -> str:
-    raise ValueError("must be a date YYYY-MM-DD")
 
 
 def validate_custom_fields(

@@ -1,0 +1,187 @@
+"""The streaming reverse proxy: one pooled `httpx.AsyncClient` per upstream, a raw ASGI
+endpoint per route (no FastAPI dependency solving, no body parsing on the hot path).
+
+Request: method, path, query, the body (streamed as it arrives) and a fixed set of headers go
+to the upstream, plus the current trace context as `traceparent`. Response: status, headers
+(hop-by-hop ones dropped) and the body (streamed, undecoded) come back. Upstream errors pass
+through as they are; an upstream that cannot be reached is a 502, one that does not answer in
+time a 504."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from opentelemetry import propagate
+from starlette.types import Message, Receive, Scope, Send
+
+from chassis.problems import PROBLEM_JSON, ProblemError
+from gateway.access import Access, RateLimited
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway.proxy")
+
+# Request headers the upstream gets from the client (ASGI header names are lower case).
+FORWARDED_REQUEST_HEADERS = frozenset({
+    b"authorization", b"content-type", b"content-length", b"idempotency-key", b"if-match",
+    b"if-none-match", b"x-origin", b"x-request-id", b"accept", b"accept-encoding",
+    b"accept-language", b"prefer", b"user-agent",
+})
+# Response headers that belong to one connection, not to the message.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+})
+_PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """A shared client must never keep one caller's cookies for the next caller."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+def make_client(base_url: str, settings: GatewaySettings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=settings.proxy_connect_timeout,
+                              read=settings.proxy_read_timeout,
+                              write=settings.proxy_write_timeout,
+                              pool=settings.proxy_pool_timeout),
+        limits=httpx.Limits(max_connections=settings.proxy_max_connections,
+                            max_keepalive_connections=settings.proxy_max_keepalive),
+        cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
+        follow_redirects=False, trust_env=False, base_url=base_url,
+    )
+
+
+async def open_clients(app: FastAPI) -> None:
+    """Startup hook: one pooled client per configured upstream."""
+    settings: GatewaySettings = app.state.settings
+    app.state.upstreams = {name: make_client(url, settings)
+                           for name, url in settings.upstreams.items()}
+
+
+async def close_clients(app: FastAPI) -> None:
+    for client in getattr(app.state, "upstreams", {}).values():
+        await client.aclose()
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str,
+                       headers: dict[str, str] | None = None, instance: str | None = None
+                       ) -> None:
+    payload: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                               "detail": detail}
+    if instance:
+        payload["instance"] = instance
+    body = json.dumps(payload).encode()
+    raw = [*_PROBLEM_HEADERS, (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if chunk:
+            yield chunk
+
+
+class Upstream:
+    """The ASGI endpoint of every route owned by one upstream."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        access: Access = state.access
+        forward: list[tuple[bytes, bytes]] = []
+        authorization: str | None = None
+        has_body = False
+        for key, value in scope["headers"]:
+            if key in FORWARDED_REQUEST_HEADERS:
+                forward.append((key, value))
+                if key == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif key == b"content-length":
+                    has_body = value != b"0"
+            elif key == b"transfer-encoding":
+                has_body = True
+        try:
+            _, decision = await access.admit(authorization)
+        except RateLimited as e:
+            await send_problem(send, 429, e.title, str(e.detail), e.decision.headers(),
+                               scope["path"])
+            return
+        except ProblemError as e:
+            await send_problem(send, e.status, e.title, str(e.detail or e.title),
+                               {"WWW-Authenticate": "Bearer"} if e.status == 401 else None,
+                               scope["path"])
+            return
+
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        forward += [(k.encode(), v.encode()) for k, v in carrier.items()]
+        client = scope.get("client")
+        if client:
+            forward.append((b"x-forwarded-for", client[0].encode()))
+        if not any(k == b"accept-encoding" for k, _ in forward):
+            forward.append((b"accept-encoding", b"identity"))
+
+        path = scope.get("raw_path") or scope["path"].encode()
+        path = path.split(b"?", 1)[0]
+        query = scope.get("query_string", b"")
+        url = (path + b"?" + query if query else path).decode("latin-1")
+
+        upstream: httpx.AsyncClient = state.upstreams[self.name]
+        request = upstream.build_request(
+            scope["method"], url, headers=forward,
+            content=_request_body(receive) if has_body else None)
+        try:
+            response = await upstream.send(request, stream=True)
+        except httpx.TimeoutException:
+            log.warning("upstream %s timed out on %s %s", self.name, scope["method"], url)
+            await send_problem(send, 504, "Gateway timeout",
+                               f"the {self.name} service did not answer in time",
+                               instance=scope["path"])
+            return
+        except httpx.TransportError as e:
+            log.warning("upstream %s unreachable: %r", self.name, e)
+            await send_problem(send, 502, "Bad gateway",
+                               f"the {self.name} service is not reachable",
+                               instance=scope["path"])
+            return
+        except ClientDisconnected:
+            return
+        try:
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+            if decision is not None:
+                headers.append((b"ratelimit-limit", str(decision.limit).encode()))
+                headers.append((b"ratelimit-remaining", str(decision.remaining).encode()))
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": headers})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(end)
+        finally:
+            await response.aclose()

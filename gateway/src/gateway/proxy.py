@@ -173,7 +173,8 @@ class Upstream:
         except ClientDisconnected:
             return
         try:
-            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+            headers = [(k.lower(), v) for k, v in response.headers.raw
+                       if k.lower() not in HOP_BY_HOP]
             if decision is not None:
                 headers.append((b"ratelimit-limit", str(decision.limit).encode()))
                 headers.append((b"ratelimit-remaining", str(decision.remaining).encode()))

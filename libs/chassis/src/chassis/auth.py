@@ -84,12 +84,31 @@ class KeySet:
 
 
 class Verifier:
+    """Verifies bearer tokens. A token already verified is remembered until it expires (the
+    same bytes under the same key verify the same way), which keeps RSA off the hot path."""
+
+    CACHE_SIZE = 10_000
+
     def __init__(self, keys: KeySet, *, issuer: str, audience: str) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
+        hit = self._cache.get(token)
+        if hit is not None:
+            principal, expires_at = hit
+            if time.time() < expires_at:
+                return principal
+            del self._cache[token]
+        principal, expires_at = await self._verify(token)
+        if len(self._cache) >= self.CACHE_SIZE:
+            self._cache.clear()
+        self._cache[token] = (principal, expires_at)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -123,7 +142,7 @@ class Verifier:
         teams = claims.get("teams", [])
         if not isinstance(teams, list):
             raise Unauthorized("teams must be a list")
-        return Principal(
+        principal = Principal(
             sub=str(claims["sub"]),
             tenant=tenant,
             roles=frozenset(roles),
@@ -131,6 +150,7 @@ class Verifier:
             client=str(claims.get("azp") or claims.get("client_id") or ""),
             token=token,
         )
+        return principal, float(claims["exp"])
 
 
 def bearer_token(request: Request) -> str:

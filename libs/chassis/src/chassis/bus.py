@@ -14,6 +14,8 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from chassis.tasks import cancel_and_wait
+
 log = logging.getLogger("chassis.bus")
 
 
@@ -104,9 +106,7 @@ class Bus:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.nc is not None:
             # close() flushes what is buffered; drain() can wait its full 30 s timeout on a
             # pull subscription whose fetch was just interrupted. Nothing unacked is lost:

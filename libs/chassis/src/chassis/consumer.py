@@ -27,6 +27,7 @@ from chassis import outbox, telemetry
 from chassis.bus import Bus, StreamSpec
 from chassis.db import Database, commit
 from chassis.events import IncomingEvent, MalformedEvent
+from chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("chassis.consumer")
 
@@ -98,9 +99,7 @@ class ConsumerRunner:
             return
         done, _ = await asyncio.wait([self._task], timeout=3.0)
         if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, 2.0)
+            await cancel_and_wait(self._task)
 
     async def _subscribe(self) -> Any:
         await self.bus.wait_connected()

@@ -46,10 +46,23 @@ def _migrate(server_url: str, services: dict[str, dict[str, Any]]) -> None:
         print(f"[stack] {name}: database {db} migrated", flush=True)
 
 
+def _die_with_parent() -> None:
+    """`make run` killed with SIGTERM does not pass the signal on: ask Linux to send it to
+    us when our parent (make) dies, so the stack never outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from honcho.manager import Manager
     from honcho.printer import Printer
 
+    _die_with_parent()
     services = load_stack()
     DATA.mkdir(parents=True, exist_ok=True)
     devkeys.ensure_dev_keys(DATA / "jwt")

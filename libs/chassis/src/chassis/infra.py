@@ -43,7 +43,7 @@ def write_nats_config(data_dir: Path, port: int) -> Path:
         f'listen: "127.0.0.1:{port}"\n'
         "max_payload: 8MB\n"
         "jetstream {\n"
-        f'  store_dir: "{data_dir / "jetstream"}"\n'
+        f'  store_dir: "{data_dir}"\n'
         "  sync_interval: always\n"
         "}\n"
     )

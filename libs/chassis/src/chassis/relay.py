@@ -21,6 +21,7 @@ from chassis import telemetry
 from chassis.bus import Bus, StreamSpec
 from chassis.db import asyncpg_dsn
 from chassis.outbox import NOTIFY_CHANNEL
+from chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("chassis.relay")
 
@@ -59,9 +60,7 @@ class Relay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def wake(self, *_: Any) -> None:
         self._wake.set()

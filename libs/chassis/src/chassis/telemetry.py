@@ -59,6 +59,7 @@ def setup(service: str, *, log_level: str = "INFO", json_logs: bool = True) -> N
     root.handlers[:] = [handler]
     root.setLevel(log_level)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
 
 
 def tracer(name: str = "crm") -> trace.Tracer:

@@ -28,8 +28,9 @@ def full_name(row: Row) -> str:
     return " ".join(p for p in (row.get("first_name"), row.get("last_name")) if p).lower()
 
 
-def score(target: Row, other: Row, company_names: Mapping[Any, str] | None = None
-          ) -> tuple[float, list[str]]:
+def score(
+    target: Row, other: Row, company_names: Mapping[Any, str] | None = None
+) -> tuple[float, list[str]]:
     """How likely `other` is the same person as `target` (0..1), and why."""
     names = company_names or {}
     signals: list[float] = []
@@ -74,8 +75,16 @@ def _company_similarity(a: Row, b: Row, names: Mapping[Any, str]) -> float:
     return float(fuzz.token_sort_ratio(na.lower(), nb.lower())) / 100.0
 
 
-MERGE_SCALARS = ("first_name", "last_name", "email", "phone", "company_id", "owner_id",
-                 "lifecycle_stage", "lead_source")
+MERGE_SCALARS = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "company_id",
+    "owner_id",
+    "lifecycle_stage",
+    "lead_source",
+)
 
 
 def _empty(value: Any) -> bool:

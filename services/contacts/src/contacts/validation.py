@@ -40,8 +40,10 @@ class ValidationFailed(Unprocessable):
 
     def __init__(self, errors: Iterable[FieldError]) -> None:
         errs = list(errors)
-        super().__init__("; ".join(f"{e.field or 'body'}: {e.message}" for e in errs),
-                         errors=[e.as_dict() for e in errs])
+        super().__init__(
+            "; ".join(f"{e.field or 'body'}: {e.message}" for e in errs),
+            errors=[e.as_dict() for e in errs],
+        )
         self.field_errors = errs
 
 
@@ -52,7 +54,7 @@ def pydantic_errors(exc: ValidationError, prefix: Path = ()) -> list[FieldError]
 def normalize_email(raw: str) -> str:
     """Syntax-checked (no DNS lookup), lower-cased so matching ignores case."""
     try:
-        result = validate_email(raw, check_deliverability=False)
+        result = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as e:
         raise ValueError(str(e)) from None
     return result.normalized.lower()
@@ -108,7 +110,7 @@ class FieldSpec:
 _DECIMAL = re.compile(r"^-?\d{1,28}(\.\d{1,10})?$")
 
 
-def validate_value(spec: FieldSpec, value: Any) -> Any:  # noqa: C901 - one branch per type
+def validate_value(spec: FieldSpec, value: Any) -> Any:
     """The normalized JSON value of one custom field, or ValueError saying what is expected."""
     t = spec.type
     if t == "text":
@@ -125,14 +127,14 @@ def validate_value(spec: FieldSpec, value: Any) -> Any:  # noqa: C901 - one bran
         return value
     if t == "decimal":
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError("must be a decimal string such as \"12.50\"")
+            raise ValueError('must be a decimal string such as "12.50"')
         text = str(value).strip()
         if not _DECIMAL.match(text):
-            raise ValueError("must be a decimal string such as \"12.50\"")
+            raise ValueError('must be a decimal string such as "12.50"')
         try:
             return str(Decimal(text))
         except InvalidOperation:
-            raise ValueError("must be a decimal string such as \"12.50\"") from None
+            raise ValueError('must be a decimal string such as "12.50"') from None
     if t == "date":
         if not isinstance(value, str):
             raise ValueError("must be a date YYYY-MM-DD")
@@ -172,7 +174,10 @@ def validate_value(spec: FieldSpec, value: Any) -> Any:  # noqa: C901 - one bran
 
 
 def validate_custom_fields(
-    values: Mapping[str, Any], specs: Mapping[str, FieldSpec], *, creating: bool,
+    values: Mapping[str, Any],
+    specs: Mapping[str, FieldSpec],
+    *,
+    creating: bool,
     prefix: str = "custom_fields",
 ) -> tuple[dict[str, Any], list[FieldError]]:
     """Validate the custom field values of one write.
@@ -184,6 +189,9 @@ def validate_custom_fields(
     errors: list[FieldError] = []
     for key, value in values.items():
         spec = specs.get(key)
+        if spec is None and value is None:
+            out[key] = None  # clearing a value whose definition was deleted
+            continue
         if spec is None:
             errors.append(FieldError((prefix, key), "no custom field with this key is defined"))
             continue

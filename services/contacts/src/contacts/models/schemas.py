@@ -7,46 +7,58 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, StringConstraints
-from sqlmodel import Field, SQLModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 LifecycleStage = Literal[
     "subscriber", "lead", "mql", "sql", "opportunity", "customer", "evangelist", "other"
 ]
 ObjectType = Literal["contact", "company", "deal", "ticket"]
-FieldType = Literal["text", "number", "decimal", "date", "bool", "enum", "multi_enum",
-                    "email", "url"]
+FieldType = Literal[
+    "text", "number", "decimal", "date", "bool", "enum", "multi_enum", "email", "url"
+]
 ConsentStatus = Literal["granted", "denied", "unknown"]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 SystemName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,62}$")]
-ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                              max_length=255)]
+ExternalId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)]
 FieldKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 _STRICT = ConfigDict(extra="forbid")
 
 
-class ConsentIn(SQLModel):
+class ConsentIn(BaseModel):
     model_config = _STRICT
 
     email_marketing: ConsentStatus = "unknown"
     legal_basis: ShortText | None = Field(default=None, examples=["consent"])
     updated_at: datetime | None = Field(
-        default=None, description="when the person answered; defaults to the time of the write")
+        default=None, description="when the person answered; defaults to the time of the write"
+    )
 
 
-class ContactIn(SQLModel):
+class ContactIn(BaseModel):
     """A contact write. On PATCH and upsert only the fields sent change: `null` clears a field,
     `custom_fields` and `external_ids` are merged key by key (a `null` value removes the key),
     `tags` are replaced."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com",
-        "phone": "+44 20 7946 0958", "lifecycle_stage": "lead", "tags": ["vip"],
-        "custom_fields": {"size": 42}, "external_ids": {"sap": "0000123"},
-        "consent": {"email_marketing": "granted", "legal_basis": "consent"},
-    }]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "email": "ada@example.com",
+                    "phone": "+44 20 7946 0958",
+                    "lifecycle_stage": "lead",
+                    "tags": ["vip"],
+                    "custom_fields": {"size": 42},
+                    "external_ids": {"sap": "0000123"},
+                    "consent": {"email_marketing": "granted", "legal_basis": "consent"},
+                }
+            ]
+        },
+    )
 
     first_name: ShortText | None = None
     last_name: ShortText | None = None
@@ -62,13 +74,13 @@ class ContactIn(SQLModel):
     consent: ConsentIn | None = None
 
 
-class ConsentPublic(SQLModel):
+class ConsentPublic(BaseModel):
     email_marketing: ConsentStatus
     legal_basis: str | None = None
     updated_at: datetime | None = None
 
 
-class ContactPublic(SQLModel):
+class ContactPublic(BaseModel):
     id: uuid.UUID
     first_name: str | None = None
     last_name: str | None = None
@@ -89,26 +101,40 @@ class ContactPublic(SQLModel):
     erased_at: datetime | None = None
 
 
-class MoneyIn(SQLModel):
+class MoneyIn(BaseModel):
     """Money as a decimal string and an ISO 4217 currency code; never a float."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"amount": "1250000.00", "currency": "EUR"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"amount": "1250000.00", "currency": "EUR"}]},
+    )
 
     amount: Annotated[str, StringConstraints(pattern=r"^-?\d{1,18}(\.\d{1,2})?$")]
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
 
-class CompanyIn(SQLModel):
+class CompanyIn(BaseModel):
     """A company write; PATCH and upsert change only the fields sent (see ContactIn)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "name": "Analytical Engines Ltd", "domain": "engines.example", "industry": "software",
-        "employees": 120, "annual_revenue": {"amount": "1250000.00", "currency": "GBP"},
-    }]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Analytical Engines Ltd",
+                    "domain": "engines.example",
+                    "industry": "software",
+                    "employees": 120,
+                    "annual_revenue": {"amount": "1250000.00", "currency": "GBP"},
+                }
+            ]
+        },
+    )
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                           max_length=255)] | None = None
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+        | None
+    ) = None
     domain: ShortText | None = None
     industry: ShortText | None = None
     employees: int | None = Field(default=None, ge=0)
@@ -119,7 +145,7 @@ class CompanyIn(SQLModel):
     external_ids: dict[SystemName, ExternalId | None] | None = None
 
 
-class CompanyPublic(SQLModel):
+class CompanyPublic(BaseModel):
     id: uuid.UUID
     name: str
     domain: str | None = None
@@ -135,18 +161,31 @@ class CompanyPublic(SQLModel):
     version: int
 
 
-class BatchIn(SQLModel):
+class BatchIn(BaseModel):
     """Up to 1000 contacts, upserted by external id, else by email. Items are validated one by
     one (an invalid item is reported, the others are applied)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
-        {"email": "ada@example.com", "external_ids": {"sap": "0000123"}, "last_name": "Lovelace"},
-    ]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "email": "ada@example.com",
+                            "external_ids": {"sap": "0000123"},
+                            "last_name": "Lovelace",
+                        },
+                    ]
+                }
+            ]
+        },
+    )
 
     items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
 
-class BatchItemResult(SQLModel):
+class BatchItemResult(BaseModel):
     index: int
     status: Literal["created", "updated", "error"]
     id: uuid.UUID | None = None
@@ -154,53 +193,68 @@ class BatchItemResult(SQLModel):
     errors: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class BatchOut(SQLModel):
+class BatchOut(BaseModel):
     items: list[BatchItemResult]
 
 
-class MergeIn(SQLModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"duplicate_ids": ["0b5e3f3c-7b8e-4c86-9a43-1f0d0b0e9b7a"]}]})
+class MergeIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"duplicate_ids": ["0b5e3f3c-7b8e-4c86-9a43-1f0d0b0e9b7a"]}]
+        },
+    )
 
     duplicate_ids: list[uuid.UUID] = Field(min_length=1, max_length=10)
 
 
-class DuplicateCandidate(SQLModel):
+class DuplicateCandidate(BaseModel):
     contact: ContactPublic
     score: float = Field(ge=0, le=1)
     reasons: list[str] = Field(examples=[["email", "name"]])
 
 
-class DuplicatesOut(SQLModel):
+class DuplicatesOut(BaseModel):
     items: list[DuplicateCandidate]
 
 
-class CustomFieldCreate(SQLModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "key": "size", "label": "Company size", "type": "enum", "required": False,
-        "options": ["small", "medium", "large"],
-    }]})
+class CustomFieldCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "size",
+                    "label": "Company size",
+                    "type": "enum",
+                    "required": False,
+                    "options": ["small", "medium", "large"],
+                }
+            ]
+        },
+    )
 
     key: FieldKey
-    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                            max_length=255)]
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
     type: FieldType
     required: bool = False
     options: list[Tag] = Field(default_factory=list, max_length=500)
 
 
-class CustomFieldUpdate(SQLModel):
+class CustomFieldUpdate(BaseModel):
     """The type and key of a field cannot change; label, required and options can."""
 
     model_config = _STRICT
 
-    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                            max_length=255)] | None = None
+    label: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+        | None
+    ) = None
     required: bool | None = None
     options: list[Tag] | None = Field(default=None, max_length=500)
 
 
-class CustomFieldPublic(SQLModel):
+class CustomFieldPublic(BaseModel):
     id: uuid.UUID
     object_type: ObjectType
     key: str
@@ -213,13 +267,13 @@ class CustomFieldPublic(SQLModel):
     updated_at: datetime
 
 
-class ImportErrorOut(SQLModel):
+class ImportErrorOut(BaseModel):
     row: int = Field(description="1-based row of the file; the header is row 1")
     field: str | None = Field(default=None, examples=["custom_fields.size"])
     message: str
 
 
-class ImportJobPublic(SQLModel):
+class ImportJobPublic(BaseModel):
     id: uuid.UUID
     status: Literal["queued", "running", "completed", "failed"]
     filename: str
@@ -233,5 +287,3 @@ class ImportJobPublic(SQLModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
-
-

@@ -9,8 +9,17 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Column, Computed, DateTime, Index, Integer, LargeBinary, Numeric, Text,
-    UniqueConstraint, text,
+    BigInteger,
+    Column,
+    Computed,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
@@ -29,13 +38,17 @@ def _ts(nullable: bool = False) -> Any:
 
 
 def _jsonb(default: str = "{}") -> Any:
-    return Field(default=None, sa_column=Column(
-        JSONB, nullable=False, server_default=text(f"'{default}'::jsonb")))
+    return Field(
+        default=None,
+        sa_column=Column(JSONB, nullable=False, server_default=text(f"'{default}'::jsonb")),
+    )
 
 
 def _tags() -> Any:
-    return Field(default=None, sa_column=Column(
-        ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")))
+    return Field(
+        default=None,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    )
 
 
 class Contact(SQLModel, table=True):
@@ -70,10 +83,12 @@ class Contact(SQLModel, table=True):
     merged_into_id: uuid.UUID | None = None
     erased_at: datetime | None = _ts(nullable=True)
     deleted_at: datetime | None = _ts(nullable=True)
-    search_text: str | None = Field(default=None, sa_column=Column(
-        Text, Computed(CONTACT_SEARCH_SQL, persisted=True)))
-    name_norm: str | None = Field(default=None, sa_column=Column(
-        Text, Computed(CONTACT_NAME_SQL, persisted=True)))
+    search_text: str | None = Field(
+        default=None, sa_column=Column(Text, Computed(CONTACT_SEARCH_SQL, persisted=True))
+    )
+    name_norm: str | None = Field(
+        default=None, sa_column=Column(Text, Computed(CONTACT_NAME_SQL, persisted=True))
+    )
 
 
 class ContactExternalId(SQLModel, table=True):
@@ -170,8 +185,9 @@ class ImportRowError(SQLModel, table=True):
     __tablename__ = "import_errors"
     __table_args__ = (Index("import_errors_job", "tenant_id", "job_id", "row"),)
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
-                                                            autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
     tenant_id: str = Field(sa_type=Text)
     job_id: uuid.UUID
     row: int

@@ -1,5 +1,5 @@
-"""Who may pass the gateway: JWT verification (with a cache of verified tokens) and the
-per-tenant token-bucket rate limit."""
+"""Who may pass the gateway: JWT verification (the chassis `Verifier`, which remembers verified
+tokens until they expire) and the per-tenant token-bucket rate limit."""
 
 from __future__ import annotations
 
@@ -8,39 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
-import jwt
 from fastapi import Depends, Request
 
 from chassis.auth import Principal, Verifier
 from chassis.problems import TooManyRequests, Unauthorized
-
-
-class TokenCache:
-    """Remembers tokens that verified, until their `exp` (at most `ttl` seconds), so a client
-    reusing its token costs one dict lookup instead of an RSA verification per request.
-    Bounded: the oldest entries are dropped first."""
-
-    def __init__(self, verifier: Verifier, *, ttl: float = 60.0, max_entries: int = 10_000
-                 ) -> None:
-        self.verifier = verifier
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[Principal, float]] = {}
-
-    async def principal(self, token: str) -> Principal:
-        hit = self._entries.get(token)
-        now = time.time()
-        if hit is not None:
-            if hit[1] > now:
-                return hit[0]
-            del self._entries[token]
-        principal = await self.verifier.verify(token)
-        if self.ttl > 0:
-            exp = jwt.decode(token, options={"verify_signature": False}).get("exp", now)
-            if len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
-            self._entries[token] = (principal, min(float(exp), now + self.ttl))
-        return principal
 
 
 def bearer(authorization: str | None) -> str:
@@ -103,12 +74,12 @@ class RateLimited(TooManyRequests):
 class Access:
     """The gateway's gate, kept on `app.state.access` (built in the lifespan)."""
 
-    tokens: TokenCache
+    verifier: Verifier
     limiter: RateLimiter
 
     async def admit(self, authorization: str | None) -> tuple[Principal, Decision | None]:
         """Verify the caller (401) and charge its tenant's bucket (429)."""
-        principal = await self.tokens.principal(bearer(authorization))
+        principal = await self.verifier.verify(bearer(authorization))
         if not self.limiter.enabled:
             return principal, None
         decision = self.limiter.take(principal.tenant)

@@ -84,7 +84,9 @@ def merge(own: Doc, upstreams: dict[str, Doc], routes: list[Route]) -> Doc:
         known = {t.get("name") for t in tags}
         tags += [t for t in doc.get("tags", []) if t.get("name") not in known]
     components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
-        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
         "description": "An access token from the identity provider (RS256/ES256).",
     }
     merged["security"] = [{SECURITY_SCHEME: []}]
@@ -152,8 +154,10 @@ class JwksSource:
             if self._doc is not None:
                 return self._doc
             raise BadGateway("the signing keys are not available") from e
-        keys = [{k: v for k, v in key.items() if k not in _PRIVATE_JWK_MEMBERS}
-                for key in doc.get("keys", [])]
+        keys = [
+            {k: v for k, v in key.items() if k not in _PRIVATE_JWK_MEMBERS}
+            for key in doc.get("keys", [])
+        ]
         self._doc, self._at = {"keys": keys}, time.monotonic()
         return self._doc
 
@@ -169,13 +173,15 @@ async def openapi_document(request: Request) -> JSONResponse:
 
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="CRM platform API",
-                               swagger_ui_parameters={"persistAuthorization": True})
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="CRM platform API",
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
 
 
 @router.get("/.well-known/jwks.json", summary="Public signing keys (JWKS)")
 async def jwks(request: Request) -> JSONResponse:
     """The public keys that access tokens are verified with."""
     source: JwksSource = request.app.state.jwks
-    return JSONResponse(await source.document(),
-                        headers={"Cache-Control": "public, max-age=300"})
+    return JSONResponse(await source.document(), headers={"Cache-Control": "public, max-age=300"})

@@ -23,20 +23,42 @@ from starlette.types import Message, Receive, Scope, Send
 from chassis.problems import PROBLEM_JSON, ProblemError
 from gateway.access import Access, RateLimited
 from gateway.settings import GatewaySettings
+from gateway.transport import FastTransport
 
 log = logging.getLogger("gateway.proxy")
 
 # Request headers the upstream gets from the client (ASGI header names are lower case).
-FORWARDED_REQUEST_HEADERS = frozenset({
-    b"authorization", b"content-type", b"content-length", b"idempotency-key", b"if-match",
-    b"if-none-match", b"x-origin", b"x-request-id", b"accept", b"accept-encoding",
-    b"accept-language", b"prefer", b"user-agent",
-})
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"content-type",
+        b"content-length",
+        b"idempotency-key",
+        b"if-match",
+        b"if-none-match",
+        b"x-origin",
+        b"x-request-id",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"prefer",
+        b"user-agent",
+    }
+)
 # Response headers that belong to one connection, not to the message.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 _PROBLEM_HEADERS = [(b"content-type", PROBLEM_JSON.encode())]
 
 
@@ -52,22 +74,29 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
 
 def make_client(base_url: str, settings: GatewaySettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=settings.proxy_connect_timeout,
-                              read=settings.proxy_read_timeout,
-                              write=settings.proxy_write_timeout,
-                              pool=settings.proxy_pool_timeout),
-        limits=httpx.Limits(max_connections=settings.proxy_max_connections,
-                            max_keepalive_connections=settings.proxy_max_keepalive),
+        timeout=httpx.Timeout(
+            connect=settings.proxy_connect_timeout,
+            read=settings.proxy_read_timeout,
+            write=settings.proxy_write_timeout,
+            pool=settings.proxy_pool_timeout,
+        ),
+        transport=FastTransport(
+            max_connections=settings.proxy_max_connections,
+            max_keepalive=settings.proxy_max_keepalive,
+        ),
         cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
-        follow_redirects=False, trust_env=False, base_url=base_url,
+        follow_redirects=False,
+        trust_env=False,
+        base_url=base_url,
     )
 
 
 async def open_clients(app: FastAPI) -> None:
     """Startup hook: one pooled client per configured upstream."""
     settings: GatewaySettings = app.state.settings
-    app.state.upstreams = {name: make_client(url, settings)
-                           for name, url in settings.upstreams.items()}
+    app.state.upstreams = {
+        name: make_client(url, settings) for name, url in settings.upstreams.items()
+    }
 
 
 async def close_clients(app: FastAPI) -> None:
@@ -75,11 +104,20 @@ async def close_clients(app: FastAPI) -> None:
         await client.aclose()
 
 
-async def send_problem(send: Send, status: int, title: str, detail: str,
-                       headers: dict[str, str] | None = None, instance: str | None = None
-                       ) -> None:
-    payload: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                               "detail": detail}
+async def send_problem(
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> None:
+    payload: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if instance:
         payload["instance"] = instance
     body = json.dumps(payload).encode()
@@ -129,13 +167,19 @@ class Upstream:
         try:
             _, decision = await access.admit(authorization)
         except RateLimited as e:
-            await send_problem(send, 429, e.title, str(e.detail), e.decision.headers(),
-                               scope["path"])
+            await send_problem(
+                send, 429, e.title, str(e.detail), e.decision.headers(), scope["path"]
+            )
             return
         except ProblemError as e:
-            await send_problem(send, e.status, e.title, str(e.detail or e.title),
-                               {"WWW-Authenticate": "Bearer"} if e.status == 401 else None,
-                               scope["path"])
+            await send_problem(
+                send,
+                e.status,
+                e.title,
+                str(e.detail or e.title),
+                {"WWW-Authenticate": "Bearer"} if e.status == 401 else None,
+                scope["path"],
+            )
             return
 
         carrier: dict[str, str] = {}
@@ -154,32 +198,45 @@ class Upstream:
 
         upstream: httpx.AsyncClient = state.upstreams[self.name]
         request = upstream.build_request(
-            scope["method"], url, headers=forward,
-            content=_request_body(receive) if has_body else None)
+            scope["method"],
+            url,
+            headers=forward,
+            content=_request_body(receive) if has_body else None,
+        )
         try:
             response = await upstream.send(request, stream=True)
         except httpx.TimeoutException:
             log.warning("upstream %s timed out on %s %s", self.name, scope["method"], url)
-            await send_problem(send, 504, "Gateway timeout",
-                               f"the {self.name} service did not answer in time",
-                               instance=scope["path"])
+            await send_problem(
+                send,
+                504,
+                "Gateway timeout",
+                f"the {self.name} service did not answer in time",
+                instance=scope["path"],
+            )
             return
         except httpx.TransportError as e:
             log.warning("upstream %s unreachable: %r", self.name, e)
-            await send_problem(send, 502, "Bad gateway",
-                               f"the {self.name} service is not reachable",
-                               instance=scope["path"])
+            await send_problem(
+                send,
+                502,
+                "Bad gateway",
+                f"the {self.name} service is not reachable",
+                instance=scope["path"],
+            )
             return
         except ClientDisconnected:
             return
         try:
-            headers = [(k.lower(), v) for k, v in response.headers.raw
-                       if k.lower() not in HOP_BY_HOP]
+            headers = [
+                (k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP
+            ]
             if decision is not None:
                 headers.append((b"ratelimit-limit", str(decision.limit).encode()))
                 headers.append((b"ratelimit-remaining", str(decision.remaining).encode()))
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             end: Message = {"type": "http.response.body", "body": b"", "more_body": False}

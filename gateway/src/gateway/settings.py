@@ -28,13 +28,11 @@ class GatewaySettings(ServiceSettings):
     proxy_pool_timeout: float = 5.0
     proxy_max_connections: int = 256
     proxy_max_keepalive: int = 128
-    # Verified tokens are remembered (until their `exp`, at most this long) so the hot paths
-    # do not pay for an RSA signature check on every request.
-    token_cache_seconds: float = 60.0
-    token_cache_size: int = 10_000
     # Upstream OpenAPI documents are refetched after this long (and on the next request after
     # a failed fetch).
     openapi_cache_seconds: float = 300.0
+    # gc.freeze() once started (see gateway.app); tests that start many apps turn it off.
+    gc_freeze_at_startup: bool = True
 
     @field_validator("upstreams", mode="before")
     @classmethod

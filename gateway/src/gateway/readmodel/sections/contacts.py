@@ -1,0 +1,277 @@
+"""The `contact` and `company` sections, from the contacts service's events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from chassis.consumer import Consumer
+from chassis.events import IncomingEvent
+from crm.common.v1.common_pb2 import EventMeta
+from crm.contacts.v1 import contacts_pb2 as pb
+from gateway.readmodel import document, timeline
+from gateway.readmodel.timeline import Entry
+
+consumer = Consumer("customer-360", context="contacts", aggregates=["contact", "company"])
+
+_CONSENT_PREFIX = "CONSENT_STATUS_"
+
+
+def _time(ts: Timestamp) -> str | None:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return document.rfc3339(ts.ToDatetime(tzinfo=UTC))
+
+
+def _opt(value: str) -> str | None:
+    return value or None
+
+
+def contact_section(c: pb.Contact) -> dict[str, Any]:
+    status = pb.ConsentStatus.Name(c.consent.email_marketing).removeprefix(_CONSENT_PREFIX)
+    return {
+        "id": c.id,
+        "first_name": c.first_name,
+        "last_name": c.last_name,
+        "email": _opt(c.email),
+        "phone": _opt(c.phone),
+        "company_id": _opt(c.company_id),
+        "owner_id": _opt(c.owner_id),
+        "lifecycle_stage": _opt(c.lifecycle_stage),
+        "lead_source": _opt(c.lead_source),
+        "tags": list(c.tags),
+        "custom_fields": json_format.MessageToDict(c.custom_fields),
+        "external_ids": dict(c.external_ids),
+        "consent": {
+            "email_marketing": "unknown" if status == "UNSPECIFIED" else status.lower(),
+            "legal_basis": _opt(c.consent.legal_basis),
+            "updated_at": _time(c.consent.updated_at),
+        },
+        "created_at": _time(c.created_at),
+        "updated_at": _time(c.updated_at),
+        "version": c.version,
+    }
+
+
+def company_section(c: pb.Company) -> dict[str, Any]:
+    revenue = c.annual_revenue
+    return {
+        "id": c.id,
+        "name": c.name,
+        "domain": _opt(c.domain),
+        "industry": _opt(c.industry),
+        "employees": c.employees or None,
+        "annual_revenue": (
+            {"amount": revenue.amount, "currency": revenue.currency}
+            if c.HasField("annual_revenue")
+            else None
+        ),
+        "owner_id": _opt(c.owner_id),
+        "tags": list(c.tags),
+        "custom_fields": json_format.MessageToDict(c.custom_fields),
+        "external_ids": dict(c.external_ids),
+        "created_at": _time(c.created_at),
+        "updated_at": _time(c.updated_at),
+        "version": c.version,
+    }
+
+
+def _occurred(meta: EventMeta, event: IncomingEvent) -> datetime:
+    if meta.HasField("occurred_at"):
+        return meta.occurred_at.ToDatetime(tzinfo=UTC)
+    return event.time
+
+
+def _fields_summary(what: str, fields: list[str]) -> str:
+    if not fields:
+        return f"{what} updated"
+    shown = ", ".join(fields[:5])
+    more = f" and {len(fields) - 5} more" if len(fields) > 5 else ""
+    return f"{what} updated: {shown}{more}"
+
+
+def _entry(event: IncomingEvent, meta: EventMeta, kind: str, summary: str, **data: Any) -> Entry:
+    details: dict[str, Any] = {"actor": meta.actor or None, "origin": meta.origin or None}
+    details.update(data)
+    return Entry(event.id, _occurred(meta, event), kind, summary, details)
+
+
+async def _apply_contact(
+    session: AsyncSession, event: IncomingEvent, meta: EventMeta, contact: pb.Contact, entry: Entry
+) -> None:
+    if contact.merged_into_id:
+        # A tombstone snapshot: the contact lives on in its survivor.
+        await document.tombstone(
+            session,
+            tenant=event.tenant,
+            contact_id=event.aggregate_id,
+            state="merged",
+            version=event.version,
+        )
+        await timeline.repoint(session, event.tenant, [event.aggregate_id], contact.merged_into_id)
+        return
+    await document.upsert_contact(
+        session,
+        tenant=event.tenant,
+        contact_id=event.aggregate_id,
+        company_id=_opt(contact.company_id),
+        owner_id=_opt(contact.owner_id),
+        version=event.version,
+        contact=contact_section(contact),
+        as_of=_occurred(meta, event),
+    )
+    await timeline.record(session, event.tenant, event.aggregate_id, entry)
+
+
+@consumer.on("crm.contacts.contact.created.v1")
+async def contact_created(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.ContactCreated)
+    await _apply_contact(
+        session,
+        event,
+        msg.meta,
+        msg.contact,
+        _entry(event, msg.meta, "contact.created", "Contact created"),
+    )
+
+
+@consumer.on("crm.contacts.contact.updated.v1")
+async def contact_updated(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.ContactUpdated)
+    fields = list(msg.meta.changed_fields)
+    await _apply_contact(
+        session,
+        event,
+        msg.meta,
+        msg.contact,
+        _entry(
+            event,
+            msg.meta,
+            "contact.updated",
+            _fields_summary("Contact", fields),
+            changed_fields=fields,
+        ),
+    )
+
+
+@consumer.on("crm.contacts.contact.merged.v1")
+async def contact_merged(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.ContactMerged)
+    losers = [i for i in msg.merged_ids if i != event.aggregate_id]
+    n = len(losers)
+    summary = f"Merged {n} duplicate contact{'s' if n != 1 else ''} into this contact"
+    await _apply_contact(
+        session,
+        event,
+        msg.meta,
+        msg.survivor,
+        _entry(event, msg.meta, "contact.merged", summary, merged_ids=losers),
+    )
+    if losers:
+        await timeline.repoint(session, event.tenant, losers, event.aggregate_id)
+        await document.tombstone_many(
+            session, tenant=event.tenant, contact_ids=losers, state="merged"
+        )
+
+
+@consumer.on("crm.contacts.contact.deleted.v1")
+async def contact_deleted(session: AsyncSession, event: IncomingEvent) -> None:
+    await document.tombstone(
+        session,
+        tenant=event.tenant,
+        contact_id=event.aggregate_id,
+        state="deleted",
+        version=event.version,
+    )
+    await timeline.purge(session, event.tenant, event.aggregate_id)
+
+
+@consumer.on("crm.contacts.contact.erased.v1")
+async def contact_erased(session: AsyncSession, event: IncomingEvent) -> None:
+    """Right to erasure: nothing about the person stays, only that an id was erased."""
+    await document.tombstone(
+        session,
+        tenant=event.tenant,
+        contact_id=event.aggregate_id,
+        state="erased",
+        version=event.version,
+    )
+    await timeline.purge(session, event.tenant, event.aggregate_id)
+
+
+async def _apply_company(
+    session: AsyncSession, event: IncomingEvent, meta: EventMeta, company: pb.Company, entry: Entry
+) -> None:
+    section = company_section(company)
+    if await document.upsert_company(
+        session,
+        tenant=event.tenant,
+        company_id=event.aggregate_id,
+        company=section,
+        version=event.version,
+    ):
+        await document.embed_company(
+            session,
+            tenant=event.tenant,
+            company_id=event.aggregate_id,
+            company=section,
+            version=event.version,
+            as_of=_occurred(meta, event),
+        )
+    await timeline.record_for_company(session, event.tenant, event.aggregate_id, entry)
+
+
+@consumer.on("crm.contacts.company.created.v1")
+async def company_created(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.CompanyCreated)
+    await _apply_company(
+        session,
+        event,
+        msg.meta,
+        msg.company,
+        _entry(
+            event, msg.meta, "company.created", "Company created", company_id=event.aggregate_id
+        ),
+    )
+
+
+@consumer.on("crm.contacts.company.updated.v1")
+async def company_updated(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.CompanyUpdated)
+    fields = list(msg.meta.changed_fields)
+    await _apply_company(
+        session,
+        event,
+        msg.meta,
+        msg.company,
+        _entry(
+            event,
+            msg.meta,
+            "company.updated",
+            _fields_summary("Company", fields),
+            company_id=event.aggregate_id,
+            changed_fields=fields,
+        ),
+    )
+
+
+@consumer.on("crm.contacts.company.deleted.v1")
+async def company_deleted(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.CompanyDeleted)
+    entry = _entry(
+        event, msg.meta, "company.deleted", "Company deleted", company_id=event.aggregate_id
+    )
+    await timeline.record_for_company(session, event.tenant, event.aggregate_id, entry)
+    await document.delete_company(session, tenant=event.tenant, company_id=event.aggregate_id)
+    await document.embed_company(
+        session,
+        tenant=event.tenant,
+        company_id=event.aggregate_id,
+        company=None,
+        version=None,
+        as_of=_occurred(msg.meta, event),
+    )

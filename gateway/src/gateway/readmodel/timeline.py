@@ -1,0 +1,99 @@
+"""The customer timeline: one row per event that concerned the customer, newest first.
+
+Entries carry a short human summary and small, non-personal details (changed field names,
+actor, origin), never the changed values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+
+@dataclass(frozen=True)
+class Entry:
+    event_id: str
+    occurred_at: datetime
+    kind: str
+    summary: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def params(self, tenant: str) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "event_id": self.event_id,
+            "occurred_at": self.occurred_at,
+            "kind": self.kind,
+            "summary": self.summary,
+            "data": json.dumps(self.data, separators=(",", ":")),
+        }
+
+
+async def record(session: AsyncSession, tenant: str, contact_id: str, entry: Entry) -> None:
+    """Add an entry to a customer's timeline (once per event, whatever the redeliveries)."""
+    await session.execute(
+        text("""
+        INSERT INTO timeline (tenant_id, contact_id, occurred_at, kind, summary, data, event_id)
+        VALUES (:tenant, CAST(:contact_id AS uuid), :occurred_at, :kind, :summary,
+                CAST(:data AS jsonb), CAST(:event_id AS uuid))
+        ON CONFLICT (event_id, contact_id) DO NOTHING
+    """),
+        {**entry.params(tenant), "contact_id": contact_id},
+    )
+
+
+async def record_for_company(
+    session: AsyncSession, tenant: str, company_id: str, entry: Entry
+) -> None:
+    """Add an entry to the timeline of every customer working at the company."""
+    await session.execute(
+        text("""
+        INSERT INTO timeline (tenant_id, contact_id, occurred_at, kind, summary, data, event_id)
+        SELECT tenant_id, contact_id, CAST(:occurred_at AS timestamptz), CAST(:kind AS text),
+               CAST(:summary AS text), CAST(:data AS jsonb), CAST(:event_id AS uuid)
+        FROM customer_360
+        WHERE tenant_id = :tenant AND company_id = CAST(:company_id AS uuid)
+          AND doc IS NOT NULL
+        ON CONFLICT (event_id, contact_id) DO NOTHING
+    """),
+        {**entry.params(tenant), "company_id": company_id},
+    )
+
+
+async def repoint(session: AsyncSession, tenant: str, from_ids: list[str], to_id: str) -> None:
+    """Move the entries of merged-away customers to the survivor (an event already on the
+    survivor's timeline, e.g. a company change seen by both, is kept once)."""
+    params = {"tenant": tenant, "ids": from_ids, "to": to_id}
+    await session.execute(
+        text("""
+        DELETE FROM timeline t
+        WHERE t.tenant_id = :tenant AND t.contact_id = ANY(CAST(:ids AS uuid[]))
+          AND (EXISTS (SELECT 1 FROM timeline s
+                       WHERE s.event_id = t.event_id AND s.contact_id = CAST(:to AS uuid))
+               OR t.id <> (SELECT min(d.id) FROM timeline d
+                           WHERE d.event_id = t.event_id
+                             AND d.contact_id = ANY(CAST(:ids AS uuid[]))))
+    """),
+        params,
+    )
+    await session.execute(
+        text("""
+        UPDATE timeline SET contact_id = CAST(:to AS uuid)
+        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
+    """),
+        params,
+    )
+
+
+async def purge(session: AsyncSession, tenant: str, contact_id: str) -> None:
+    await session.execute(
+        text(
+            "DELETE FROM timeline WHERE tenant_id = :tenant "
+            "AND contact_id = CAST(:contact_id AS uuid)"
+        ),
+        {"tenant": tenant, "contact_id": contact_id},
+    )

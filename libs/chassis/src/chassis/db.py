@@ -65,6 +65,7 @@ async def commit(session: AsyncSession) -> None:
     """Write the events collected in this unit of work to the outbox, then commit."""
     await outbox.flush_events(session)
     await session.commit()
+    outbox.committed(session)
 
 
 def get_database(request: Request) -> Database:

@@ -12,12 +12,12 @@ import json
 import logging
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
-from chassis import telemetry
+from chassis import outbox, telemetry
 from chassis.bus import Bus, StreamSpec
 from chassis.db import asyncpg_dsn
 from chassis.outbox import NOTIFY_CHANNEL
@@ -54,11 +54,32 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
         self._stream_ready = False
+        self._notify_task: asyncio.Task[None] | None = None
+        self._unregister: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.service}")
+        self._unregister = outbox.on_commit(self.committed)
+
+    def committed(self) -> None:
+        """Rows were committed in this process: wake the relay here if it leads, else tell
+        the leader (another replica) with one NOTIFY per short window."""
+        if self.is_leader:
+            self._wake.set()
+        elif self._notify_task is None or self._notify_task.done():
+            self._notify_task = asyncio.create_task(self._notify_leader())
+
+    async def _notify_leader(self) -> None:
+        await asyncio.sleep(0.01)
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            finally:
+                await conn.close()
 
     async def stop(self) -> None:
+        self._unregister()
         if self._task is not None:
             await cancel_and_wait(self._task)
 

@@ -264,7 +264,7 @@ class ImportRunner:
                         updated_at=now(),
                         finished_at=now(),
                     )
-                    await session.commit()
+                    await commit(session)
             finally:
                 with contextlib.suppress(Exception):
                     await lock_conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(job_id))
@@ -293,7 +293,7 @@ class ImportRunner:
                     updated_at=now(),
                     finished_at=now(),
                 )
-                await session.commit()
+                await commit(session)
                 return
             start = job["processed"]
             if start < len(rows):  # a resumed job may hold errors of an uncommitted chunk
@@ -301,7 +301,7 @@ class ImportRunner:
             await repo.update_job(
                 session, tenant, job_id, status="running", total=len(rows), updated_at=now()
             )
-            await session.commit()
+            await commit(session)
         counts = {k: job[k] for k in ("processed", "created", "updated", "failed")}
         actor = job["actor"]
         caller = Caller(_principal(actor), actor.get("origin", ""))
@@ -316,7 +316,7 @@ class ImportRunner:
             await repo.update_job(
                 session, tenant, job_id, status="completed", updated_at=now(), finished_at=now()
             )
-            await session.commit()
+            await commit(session)
 
     async def _chunk(
         self,

@@ -125,6 +125,25 @@ async def record(session: object, event: IncomingEvent) -> None:
     )
 
 
+WIDGET_TAGGED = "crm.testctx.widget.tagged.v1"
+
+
+@widget_log.on_many(WIDGET_TAGGED)
+async def record_tags(session: object, events: list[IncomingEvent]) -> None:
+    await session.execute(  # type: ignore[attr-defined]
+        text("INSERT INTO widget_log (event_id, widget_id, version, name) VALUES (:e, :w, :v, :n)"),
+        [
+            {
+                "e": ev.id,
+                "w": ev.aggregate_id,
+                "v": ev.version,
+                "n": f"{ev.parse(StringValue).value}/run{len(events)}",
+            }
+            for ev in events
+        ],
+    )
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS widgets (tenant_id text, id text, name text, version bigint,
                                     PRIMARY KEY (tenant_id, id));

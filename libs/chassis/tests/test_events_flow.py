@@ -183,6 +183,45 @@ class TestConsumer:
         assert await _count(db_url, bad) == 0
 
 
+class TestBatchHandlers:
+    async def test_runs_of_one_type_are_applied_together_in_order(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
+        wid = str(uuid.uuid4())
+        other = str(uuid.uuid4())
+        tagged = "crm.testctx.widget.tagged.v1"
+
+        def ev(agg: str, version: int, name: str, ce_type: str = tagged) -> OutgoingEvent:
+            return OutgoingEvent(
+                message=StringValue(value=name),
+                ce_type=ce_type,
+                tenant="acme",
+                aggregate_id=agg,
+                version=version,
+                source="t",
+            )
+
+        for e in (
+            ev(wid, 1, "a"),
+            ev(wid, 2, "b"),
+            ev(other, 1, "x"),
+            ev(wid, 3, "r", "crm.testctx.widget.renamed.v1"),
+            ev(wid, 4, "c"),
+        ):
+            await publish_raw(crm_infra, e)
+        await wait_for(lambda: _eq(lambda: _count(db_url, wid), 4), message="all applied")
+        rows = await fetch(
+            db_url, "SELECT version, name FROM widget_log WHERE widget_id = $1 ORDER BY ctid", wid
+        )
+        assert [r["version"] for r in rows] == [1, 2, 3, 4]
+        names = [r["name"] for r in rows]
+        assert names[2] == "r"  # the per-event handler ran between the runs
+        assert all(
+            n.split("/run")[0] == want for n, want in zip(names, "abrc", strict=True) if "/run" in n
+        )
+        assert await _count(db_url, other) == 1
+
+
 async def _count(url: str, wid: str) -> int:
     rows = await fetch(url, "SELECT count(*) AS n FROM widget_log WHERE widget_id = $1", wid)
     return int(rows[0]["n"])

@@ -63,8 +63,7 @@ WHERE c.state = 'active' AND c.contact_version < EXCLUDED.contact_version
 """)
 
 
-async def upsert_contact(
-    session: AsyncSession,
+def contact_params(
     *,
     tenant: str,
     contact_id: str,
@@ -73,21 +72,28 @@ async def upsert_contact(
     version: int,
     contact: dict[str, Any],
     as_of: datetime,
-) -> None:
+) -> dict[str, Any]:
+    return {
+        "tenant": tenant,
+        "contact_id": contact_id,
+        "company_id": company_id,
+        "owner_id": owner_id,
+        "version": version,
+        "contact": _json(contact),
+        "skeleton": _json(EMPTY_SECTIONS),
+        "as_of": rfc3339(as_of),
+    }
+
+
+async def upsert_contact(session: AsyncSession, **fields: Any) -> None:
     """Create the document, or replace its contact (and embedded company) section."""
-    await session.execute(
-        _UPSERT_CONTACT,
-        {
-            "tenant": tenant,
-            "contact_id": contact_id,
-            "company_id": company_id,
-            "owner_id": owner_id,
-            "version": version,
-            "contact": _json(contact),
-            "skeleton": _json(EMPTY_SECTIONS),
-            "as_of": rfc3339(as_of),
-        },
-    )
+    await session.execute(_UPSERT_CONTACT, contact_params(**fields))
+
+
+async def upsert_contacts(session: AsyncSession, params: list[dict[str, Any]]) -> None:
+    """`upsert_contact` for many (`contact_params`) in one executemany, in order."""
+    if params:
+        await session.execute(_UPSERT_CONTACT, params)
 
 
 _TOMBSTONE = text("""

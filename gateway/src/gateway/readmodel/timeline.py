@@ -33,17 +33,25 @@ class Entry:
         }
 
 
+_RECORD = text("""
+    INSERT INTO timeline (tenant_id, contact_id, occurred_at, kind, summary, data, event_id)
+    VALUES (:tenant, CAST(:contact_id AS uuid), :occurred_at, :kind, :summary,
+            CAST(:data AS jsonb), CAST(:event_id AS uuid))
+    ON CONFLICT (event_id, contact_id) DO NOTHING
+""")
+
+
 async def record(session: AsyncSession, tenant: str, contact_id: str, entry: Entry) -> None:
     """Add an entry to a customer's timeline (once per event, whatever the redeliveries)."""
-    await session.execute(
-        text("""
-        INSERT INTO timeline (tenant_id, contact_id, occurred_at, kind, summary, data, event_id)
-        VALUES (:tenant, CAST(:contact_id AS uuid), :occurred_at, :kind, :summary,
-                CAST(:data AS jsonb), CAST(:event_id AS uuid))
-        ON CONFLICT (event_id, contact_id) DO NOTHING
-    """),
-        {**entry.params(tenant), "contact_id": contact_id},
-    )
+    await session.execute(_RECORD, {**entry.params(tenant), "contact_id": contact_id})
+
+
+async def record_many(session: AsyncSession, items: list[tuple[str, str, Entry]]) -> None:
+    """`record` for many (tenant, contact_id, entry) in one executemany."""
+    if items:
+        await session.execute(
+            _RECORD, [{**e.params(tenant), "contact_id": cid} for tenant, cid, e in items]
+        )
 
 
 async def record_for_company(

@@ -32,6 +32,7 @@ from chassis.tasks import cancel_and_wait
 log = logging.getLogger("chassis.consumer")
 
 Handler = Callable[[AsyncSession, IncomingEvent], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, list[IncomingEvent]], Awaitable[None]]
 
 
 @dataclass
@@ -45,10 +46,22 @@ class Consumer:
     context: str
     aggregates: list[str]
     handlers: dict[str, Handler] = field(default_factory=dict)
+    batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
 
     def on(self, ce_type: str) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             self.handlers[ce_type] = fn
+            return fn
+
+        return register
+
+    def on_many(self, ce_type: str) -> Callable[[BatchHandler], BatchHandler]:
+        """Register a handler that takes a run of consecutive events of one type at once (in
+        stream order, each already deduplicated and version-checked), so it can write them
+        with one statement instead of one per event."""
+
+        def register(fn: BatchHandler) -> BatchHandler:
+            self.batch_handlers[ce_type] = fn
             return fn
 
         return register
@@ -211,6 +224,7 @@ class ConsumerRunner:
             )
         }
         outcome = _Outcome()
+        run: list[IncomingEvent] = []  # consecutive applicable events of one type
         applied: list[str] = []
         moved: dict[tuple[str, str], int] = {}
         for m, ev in events:
@@ -222,20 +236,16 @@ class ConsumerRunner:
             if ev.version > current + 1:
                 outcome.gap.append((m, f"version gap: have {current}, got {ev.version}"))
                 continue
-            handler = self.consumer.handlers.get(ev.type)
-            if handler is not None:
-                token = otel_context.attach(telemetry.context_from_headers(ev.headers))
-                try:
-                    with telemetry.tracer("chassis.consumer").start_as_current_span(
-                        f"consume {ev.type}", attributes={"messaging.message.id": ev.id}
-                    ):
-                        await handler(session, ev)
-                finally:
-                    otel_context.detach(token)
+            if run and run[0].type != ev.type:
+                await self._dispatch(session, run)
+                run = []
+            run.append(ev)
             positions[key] = moved[key] = ev.version
             applied.append(ev.id)
             seen.add(ev.id)
             outcome.ack.append(m)
+        if run:
+            await self._dispatch(session, run)
         if applied:
             await session.execute(
                 text(
@@ -261,6 +271,30 @@ class ConsumerRunner:
                 },
             )
         return outcome
+
+    async def _dispatch(self, session: AsyncSession, run: list[IncomingEvent]) -> None:
+        ce_type = run[0].type
+        many = self.consumer.batch_handlers.get(ce_type)
+        handler = self.consumer.handlers.get(ce_type)
+        if many is None and handler is None:
+            return
+        tracer = telemetry.tracer("chassis.consumer")
+        token = otel_context.attach(telemetry.context_from_headers(run[0].headers))
+        try:
+            if many is not None:
+                with tracer.start_as_current_span(
+                    f"consume {ce_type}", attributes={"messaging.batch.message_count": len(run)}
+                ):
+                    await many(session, run)
+                return
+            assert handler is not None
+            for ev in run:
+                with tracer.start_as_current_span(
+                    f"consume {ce_type}", attributes={"messaging.message.id": ev.id}
+                ):
+                    await handler(session, ev)
+        finally:
+            otel_context.detach(token)
 
     @staticmethod
     def _deliveries(m: Msg) -> int:

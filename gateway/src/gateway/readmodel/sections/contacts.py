@@ -127,35 +127,66 @@ async def _apply_contact(
     await timeline.record(session, event.tenant, event.aggregate_id, entry)
 
 
-@consumer.on("crm.contacts.contact.created.v1")
-async def contact_created(session: AsyncSession, event: IncomingEvent) -> None:
-    msg = event.parse(pb.ContactCreated)
-    await _apply_contact(
-        session,
-        event,
-        msg.meta,
-        msg.contact,
-        _entry(event, msg.meta, "contact.created", "Contact created"),
-    )
+async def _apply_contacts(
+    session: AsyncSession, items: list[tuple[IncomingEvent, EventMeta, pb.Contact, Entry]]
+) -> None:
+    """A run of created/updated events with few statements: documents and timeline entries
+    each in one executemany, in stream order (a tombstone snapshot flushes what precedes
+    it and is applied on its own)."""
+    docs: list[dict[str, Any]] = []
+    entries: list[tuple[str, str, Entry]] = []
+
+    async def flush() -> None:
+        await document.upsert_contacts(session, docs)
+        await timeline.record_many(session, entries)
+        docs.clear()
+        entries.clear()
+
+    for event, meta, contact, entry in items:
+        if contact.merged_into_id:
+            await flush()
+            await _apply_contact(session, event, meta, contact, entry)
+            continue
+        docs.append(
+            document.contact_params(
+                tenant=event.tenant,
+                contact_id=event.aggregate_id,
+                company_id=_opt(contact.company_id),
+                owner_id=_opt(contact.owner_id),
+                version=event.version,
+                contact=contact_section(contact),
+                as_of=_occurred(meta, event),
+            )
+        )
+        entries.append((event.tenant, event.aggregate_id, entry))
+    await flush()
 
 
-@consumer.on("crm.contacts.contact.updated.v1")
-async def contact_updated(session: AsyncSession, event: IncomingEvent) -> None:
-    msg = event.parse(pb.ContactUpdated)
-    fields = list(msg.meta.changed_fields)
-    await _apply_contact(
-        session,
-        event,
-        msg.meta,
-        msg.contact,
-        _entry(
+@consumer.on_many("crm.contacts.contact.created.v1")
+async def contacts_created(session: AsyncSession, events: list[IncomingEvent]) -> None:
+    items = []
+    for event in events:
+        msg = event.parse(pb.ContactCreated)
+        entry = _entry(event, msg.meta, "contact.created", "Contact created")
+        items.append((event, msg.meta, msg.contact, entry))
+    await _apply_contacts(session, items)
+
+
+@consumer.on_many("crm.contacts.contact.updated.v1")
+async def contacts_updated(session: AsyncSession, events: list[IncomingEvent]) -> None:
+    items = []
+    for event in events:
+        msg = event.parse(pb.ContactUpdated)
+        fields = list(msg.meta.changed_fields)
+        entry = _entry(
             event,
             msg.meta,
             "contact.updated",
             _fields_summary("Contact", fields),
             changed_fields=fields,
-        ),
-    )
+        )
+        items.append((event, msg.meta, msg.contact, entry))
+    await _apply_contacts(session, items)
 
 
 @consumer.on("crm.contacts.contact.merged.v1")

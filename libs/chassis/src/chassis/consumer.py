@@ -141,10 +141,17 @@ class ConsumerRunner:
                 self.subscribed.set()
                 delay = 0.2
                 while not self._stopping:
+                    # Wake on the first message, then take whatever else is already there. A
+                    # single fetch(batch_size) would hold the first message until the batch
+                    # filled or the wait ran out: lag for a trickle of events.
                     try:
-                        msgs = await sub.fetch(self.batch_size, timeout=1.0)
+                        msgs = await sub.fetch(1, timeout=1.0)
                     except TimeoutError:
                         continue
+                    try:
+                        msgs += await sub.fetch(self.batch_size - 1, timeout=0.005)
+                    except TimeoutError:
+                        pass
                     await self.process(msgs)
             except asyncio.CancelledError:
                 raise

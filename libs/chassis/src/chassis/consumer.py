@@ -148,10 +148,8 @@ class ConsumerRunner:
                         msgs = await sub.fetch(1, timeout=1.0)
                     except TimeoutError:
                         continue
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         msgs += await sub.fetch(self.batch_size - 1, timeout=0.005)
-                    except TimeoutError:
-                        pass
                     await self.process(msgs)
             except asyncio.CancelledError:
                 raise

@@ -54,7 +54,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 IfMatch = Annotated[str | None, Header()]
 
 
-def get_settings(request: Request) -> ContactsSettings:
+async def get_settings(request: Request) -> ContactsSettings:
     settings: ContactsSettings = request.app.state.settings
     return settings
 

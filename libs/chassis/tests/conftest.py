@@ -109,6 +109,16 @@ async def explode(session: SessionDep, principal: PrincipalDep) -> dict[str, str
     raise RuntimeError("fails after a write")
 
 
+@router.post("/v1/widgets/fixed", status_code=201)
+async def create_fixed_widget(session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
+    """Inserts a fixed key: the second call violates the primary key (a write race)."""
+    await session.execute(
+        text("INSERT INTO widgets (tenant_id, id, name, version) VALUES (:t, 'fixed', 'f', 1)"),
+        {"t": principal.tenant},
+    )
+    return {"id": "fixed"}
+
+
 widget_log = Consumer("widget-log", context="testctx", aggregates=["widget"])
 POISON = "poison"
 

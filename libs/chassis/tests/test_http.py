@@ -50,6 +50,18 @@ class TestProblems:
             await conn.close()
 
 
+class TestWriteRaces:
+    async def test_unique_violation_is_409_not_500(
+        self, client: AsyncClient, crm_infra: Infra
+    ) -> None:
+        h = crm_infra.auth()
+        assert (await client.post("/v1/widgets/fixed", headers=h)).status_code == 201
+        again = await client.post("/v1/widgets/fixed", headers=h)
+        assert again.status_code == 409
+        assert again.headers["content-type"] == PROBLEM
+        assert "retry" in again.json()["detail"]
+
+
 class TestConcurrency:
     async def test_if_match_required_then_checked(
         self, client: AsyncClient, crm_infra: Infra

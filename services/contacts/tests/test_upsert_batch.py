@@ -148,3 +148,31 @@ class TestBatchUpsert:
         assert r.json()["items"][0]["status"] == "error"
         got = await api.client.get(f"/v1/contacts/{other['id']}", headers=api.h())
         assert got.json()["version"] == 1
+
+
+class TestConcurrentBatches:
+    async def test_same_new_external_id_in_two_batches_is_a_retryable_409(self, api: Any) -> None:
+        import asyncio
+
+        items = {
+            "items": [
+                {"first_name": f"R{i}", "external_ids": {"erp": f"race-{i}"}} for i in range(200)
+            ]
+        }
+        results = await asyncio.gather(
+            api.client.post("/v1/contacts/batch", json=items, headers=api.h()),
+            api.client.post("/v1/contacts/batch", json=items, headers=api.h()),
+        )
+        statuses = sorted(r.status_code for r in results)
+        assert 500 not in statuses
+        assert statuses[0] == 200
+        loser = [r for r in results if r.status_code != 200]
+        for r in loser:
+            assert r.status_code == 409
+            assert r.headers["content-type"].startswith("application/problem+json")
+        # the retry the 409 asks for succeeds, as updates of the same contacts
+        retry = await api.client.post("/v1/contacts/batch", json=items, headers=api.h())
+        assert retry.status_code == 200
+        assert {i["status"] for i in retry.json()["items"]} == {"updated"}
+        rows = await api.sql("SELECT count(*) AS n FROM contacts WHERE first_name LIKE 'R%'")
+        assert rows[0]["n"] == 200

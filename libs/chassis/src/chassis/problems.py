@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("chassis.problems")
@@ -155,6 +157,33 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _is_unique_violation(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) == "23505":  # asyncpg UniqueViolationError
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+async def _integrity_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A uniqueness violation that domain validation did not foresee is a race with a
+    concurrent write of the same key (two ERP batches creating one external id): a 409 the
+    client can retry, not a 500."""
+    if not _is_unique_violation(exc):
+        return await _unhandled(request, exc)
+    body = {
+        "type": "about:blank",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "a concurrent request wrote the same unique key; retry the request",
+        "instance": request.url.path,
+    }
+    return JSONResponse(body, status_code=409, media_type=PROBLEM_JSON)
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = {
@@ -170,4 +199,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(IntegrityError, _integrity_handler)
+    app.add_exception_handler(asyncpg.exceptions.UniqueViolationError, _integrity_handler)
     app.add_exception_handler(Exception, _unhandled)

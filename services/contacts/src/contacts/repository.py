@@ -34,6 +34,7 @@ from sqlalchemy.sql.expression import cast as sql_cast
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis.driver import raw_connection
 from contacts.models import (  # noqa: F401 - registers the tables on SQLModel.metadata
     Company,
     CompanyExternalId,
@@ -139,15 +140,7 @@ async def live_contact_ids_by_email(
     return out
 
 
-async def _raw(session: AsyncSession) -> Any:
-    """The asyncpg connection under the session (same transaction), for COPY."""
-    conn = await session.connection()
-    if not session.info.get("contacts.tx_started"):
-        # the asyncpg adapter sends BEGIN lazily, with the first statement it runs itself
-        await conn.exec_driver_sql("SELECT 1")
-        session.info["contacts.tx_started"] = True
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
+_raw = raw_connection
 
 
 _JSON_COLUMNS = {"custom_fields", "external_ids", "consent"}

@@ -85,13 +85,9 @@ def contact_params(
     }
 
 
-async def upsert_contact(session: AsyncSession, **fields: Any) -> None:
-    """Create the document, or replace its contact (and embedded company) section."""
-    await session.execute(_UPSERT_CONTACT, contact_params(**fields))
-
-
 async def upsert_contacts(session: AsyncSession, params: list[dict[str, Any]]) -> None:
-    """`upsert_contact` for many (`contact_params`) in one executemany, in order."""
+    """Create each document, or replace its contact (and embedded company) section: one
+    executemany of `contact_params`, in order."""
     if params:
         await session.execute(_UPSERT_CONTACT, params)
 
@@ -222,6 +218,44 @@ async def set_section(
     )
 
 
+_REPLACE_SECTION_ITEM = text("""
+UPDATE customer_360 SET updated_at = now(),
+    doc = doc || jsonb_build_object(
+        CAST(:section AS text),
+        COALESCE((SELECT jsonb_agg(e) FROM jsonb_array_elements(
+                      COALESCE(doc -> CAST(:section AS text), '[]'::jsonb)) AS e
+                  WHERE e ->> 'id' IS DISTINCT FROM CAST(:item_id AS text)), '[]'::jsonb)
+            || CAST(:items AS jsonb),
+        'as_of', CAST(:as_of AS text))
+WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
+  AND doc IS NOT NULL
+""")
+
+
+async def _replace_section_item(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    contact_id: str,
+    section: str,
+    item_id: str,
+    item: dict[str, Any] | None,
+    as_of: datetime,
+) -> None:
+    """Drop the item with `item_id` from a list section, then append `item` if given."""
+    await session.execute(
+        _REPLACE_SECTION_ITEM,
+        {
+            "tenant": tenant,
+            "contact_id": contact_id,
+            "section": section,
+            "item_id": item_id,
+            "items": _json([item] if item is not None else []),
+            "as_of": rfc3339(as_of),
+        },
+    )
+
+
 async def put_section_item(
     session: AsyncSession,
     *,
@@ -232,27 +266,14 @@ async def put_section_item(
     as_of: datetime,
 ) -> None:
     """Insert or replace (by its `id`) one item of a list section, e.g. a deal."""
-    await session.execute(
-        text("""
-        UPDATE customer_360 SET updated_at = now(),
-            doc = doc || jsonb_build_object(
-                CAST(:section AS text),
-                COALESCE((SELECT jsonb_agg(e) FROM jsonb_array_elements(
-                              COALESCE(doc -> CAST(:section AS text), '[]'::jsonb)) AS e
-                          WHERE e ->> 'id' IS DISTINCT FROM CAST(:item_id AS text)), '[]'::jsonb)
-                    || jsonb_build_array(CAST(:item AS jsonb)),
-                'as_of', CAST(:as_of AS text))
-        WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
-          AND doc IS NOT NULL
-    """),
-        {
-            "tenant": tenant,
-            "contact_id": contact_id,
-            "section": section,
-            "item_id": str(item["id"]),
-            "item": _json(item),
-            "as_of": rfc3339(as_of),
-        },
+    await _replace_section_item(
+        session,
+        tenant=tenant,
+        contact_id=contact_id,
+        section=section,
+        item_id=str(item["id"]),
+        item=item,
+        as_of=as_of,
     )
 
 
@@ -265,23 +286,13 @@ async def remove_section_item(
     item_id: str,
     as_of: datetime,
 ) -> None:
-    await session.execute(
-        text("""
-        UPDATE customer_360 SET updated_at = now(),
-            doc = doc || jsonb_build_object(
-                CAST(:section AS text),
-                COALESCE((SELECT jsonb_agg(e) FROM jsonb_array_elements(
-                              COALESCE(doc -> CAST(:section AS text), '[]'::jsonb)) AS e
-                          WHERE e ->> 'id' IS DISTINCT FROM CAST(:item_id AS text)), '[]'::jsonb),
-                'as_of', CAST(:as_of AS text))
-        WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
-          AND doc IS NOT NULL
-    """),
-        {
-            "tenant": tenant,
-            "contact_id": contact_id,
-            "section": section,
-            "item_id": item_id,
-            "as_of": rfc3339(as_of),
-        },
+    """Remove one item (by its `id`) from a list section."""
+    await _replace_section_item(
+        session,
+        tenant=tenant,
+        contact_id=contact_id,
+        section=section,
+        item_id=item_id,
+        item=None,
+        as_of=as_of,
     )

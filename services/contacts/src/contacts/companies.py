@@ -20,6 +20,7 @@ from contacts.service import page, parse_cursor, parse_sort
 from contacts.validation import (
     FieldError,
     ValidationFailed,
+    apply_changes,
     clean_tags,
     normalize_domain,
     validate_custom_fields,
@@ -189,17 +190,7 @@ class CompanyService:
 
     async def _apply(self, old: Row, changes: Row) -> Row:
         new = copy.deepcopy(old)
-        for name, value in changes.items():
-            if name in ("custom_fields", "external_ids"):
-                merged = dict(old.get(name) or {})
-                for k, v in value.items():
-                    if v is None:
-                        merged.pop(k, None)
-                    else:
-                        merged[k] = v
-                new[name] = merged
-            else:
-                new[name] = value
+        apply_changes(new, old, changes)
         changed = company_changes(old, new)
         if not changed:
             return old

@@ -16,6 +16,8 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from contacts.models import CONTACT_SCALARS
+
 EMAIL_WEIGHT = 0.9
 PHONE_WEIGHT = 0.8
 NAME_WEIGHT = 0.7
@@ -75,16 +77,7 @@ def _company_similarity(a: Row, b: Row, names: Mapping[Any, str]) -> float:
     return float(fuzz.token_sort_ratio(na.lower(), nb.lower())) / 100.0
 
 
-MERGE_SCALARS = (
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "company_id",
-    "owner_id",
-    "lifecycle_stage",
-    "lead_source",
-)
+MERGE_SCALARS = CONTACT_SCALARS
 
 
 def _empty(value: Any) -> bool:

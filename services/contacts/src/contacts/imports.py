@@ -32,23 +32,13 @@ from contacts import repository as repo
 from contacts.access import Caller
 from contacts.errors import ImportJobNotFound
 from contacts.events import EventSink
-from contacts.models import ContactIn
+from contacts.models import CONTACT_SCALARS, ContactIn
 from contacts.validation import FieldError, FieldSpec, ValidationFailed
 from contacts.writer import ContactWriter, Write, now
 
 log = logging.getLogger("contacts.imports")
 
-SCALAR_TARGETS = (
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "company_id",
-    "owner_id",
-    "lifecycle_stage",
-    "lead_source",
-    "tags",
-)
+SCALAR_TARGETS = (*CONTACT_SCALARS, "tags")
 PREFIX_TARGETS = ("custom_fields.", "external_ids.", "consent.")
 CONSENT_KEYS = ("email_marketing", "legal_basis")
 FORMATS = {".csv": "csv", ".xlsx": "xlsx"}

@@ -227,3 +227,22 @@ def coerce_filter_value(spec: FieldSpec, raw: str) -> Any:
     if spec.type == "multi_enum":
         return [validate_value(FieldSpec(spec.key, "enum", options=spec.options), raw)]
     return validate_value(spec, raw)
+
+
+MAP_FIELDS = ("custom_fields", "external_ids")
+
+
+def apply_changes(new: dict[str, Any], old: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+    """Write `changes` into `new` (a copy of `old`). Map fields are merge-patched: a key set
+    to null is removed, other keys are set, keys not sent are kept."""
+    for name, value in changes.items():
+        if name in MAP_FIELDS:
+            merged = dict(old.get(name) or {})
+            for k, v in value.items():
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+            new[name] = merged
+        else:
+            new[name] = value

@@ -23,11 +23,12 @@ from chassis.problems import Conflict, NotFound, PreconditionFailed, ProblemErro
 from contacts import repository as repo
 from contacts.access import Caller
 from contacts.events import EventSink
-from contacts.models import ContactIn
+from contacts.models import CONTACT_SCALARS, ContactIn
 from contacts.validation import (
     FieldError,
     FieldSpec,
     ValidationFailed,
+    apply_changes,
     clean_tags,
     normalize_email,
     normalize_phone,
@@ -37,16 +38,7 @@ from contacts.validation import (
 
 Row = dict[str, Any]
 Kind = Literal["invalid", "conflict", "not_found", "precondition"]
-SCALARS = (
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "company_id",
-    "owner_id",
-    "lifecycle_stage",
-    "lead_source",
-)
+SCALARS = CONTACT_SCALARS
 TRACKED = (*SCALARS, "tags", "external_ids", "consent")
 
 
@@ -264,17 +256,7 @@ class ContactWriter:
             except PreconditionFailed as e:
                 raise ItemRejected("precondition", [FieldError((), str(e))]) from None
         new = copy_row(old)
-        for name, value in changes.items():
-            if name in ("custom_fields", "external_ids"):
-                merged = dict(old.get(name) or {})
-                for k, v in value.items():
-                    if v is None:
-                        merged.pop(k, None)
-                    else:
-                        merged[k] = v
-                new[name] = merged
-            else:
-                new[name] = value
+        apply_changes(new, old, changes)
         self._claim_external_ids(
             target, old.get("external_ids") or {}, new.get("external_ids") or {}, ctx
         )

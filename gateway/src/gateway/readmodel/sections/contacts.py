@@ -103,28 +103,19 @@ def _entry(event: IncomingEvent, meta: EventMeta, kind: str, summary: str, **dat
 async def _apply_contact(
     session: AsyncSession, event: IncomingEvent, meta: EventMeta, contact: pb.Contact, entry: Entry
 ) -> None:
-    if contact.merged_into_id:
-        # A tombstone snapshot: the contact lives on in its survivor.
-        await document.tombstone(
-            session,
-            tenant=event.tenant,
-            contact_id=event.aggregate_id,
-            state="merged",
-            version=event.version,
-        )
-        await timeline.repoint(session, event.tenant, [event.aggregate_id], contact.merged_into_id)
-        return
-    await document.upsert_contact(
+    await _apply_contacts(session, [(event, meta, contact, entry)])
+
+
+async def _tombstone_snapshot(session: AsyncSession, event: IncomingEvent, survivor: str) -> None:
+    """A merged-away contact's snapshot: it lives on in its survivor."""
+    await document.tombstone(
         session,
         tenant=event.tenant,
         contact_id=event.aggregate_id,
-        company_id=_opt(contact.company_id),
-        owner_id=_opt(contact.owner_id),
+        state="merged",
         version=event.version,
-        contact=contact_section(contact),
-        as_of=_occurred(meta, event),
     )
-    await timeline.record(session, event.tenant, event.aggregate_id, entry)
+    await timeline.repoint(session, event.tenant, [event.aggregate_id], survivor)
 
 
 async def _apply_contacts(
@@ -145,7 +136,7 @@ async def _apply_contacts(
     for event, meta, contact, entry in items:
         if contact.merged_into_id:
             await flush()
-            await _apply_contact(session, event, meta, contact, entry)
+            await _tombstone_snapshot(session, event, contact.merged_into_id)
             continue
         docs.append(
             document.contact_params(
@@ -209,29 +200,28 @@ async def contact_merged(session: AsyncSession, event: IncomingEvent) -> None:
         )
 
 
-@consumer.on("crm.contacts.contact.deleted.v1")
-async def contact_deleted(session: AsyncSession, event: IncomingEvent) -> None:
+async def _end_customer(session: AsyncSession, event: IncomingEvent, state: str) -> None:
+    """Keep only that the id existed (so a late event cannot bring it back) and purge its
+    timeline."""
     await document.tombstone(
         session,
         tenant=event.tenant,
         contact_id=event.aggregate_id,
-        state="deleted",
+        state=state,
         version=event.version,
     )
     await timeline.purge(session, event.tenant, event.aggregate_id)
+
+
+@consumer.on("crm.contacts.contact.deleted.v1")
+async def contact_deleted(session: AsyncSession, event: IncomingEvent) -> None:
+    await _end_customer(session, event, "deleted")
 
 
 @consumer.on("crm.contacts.contact.erased.v1")
 async def contact_erased(session: AsyncSession, event: IncomingEvent) -> None:
     """Right to erasure: nothing about the person stays, only that an id was erased."""
-    await document.tombstone(
-        session,
-        tenant=event.tenant,
-        contact_id=event.aggregate_id,
-        state="erased",
-        version=event.version,
-    )
-    await timeline.purge(session, event.tenant, event.aggregate_id)
+    await _end_customer(session, event, "erased")
 
 
 async def _apply_company(

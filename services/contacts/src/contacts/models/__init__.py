@@ -23,6 +23,7 @@ from contacts.models.schemas import (
     ObjectType,
 )
 from contacts.models.tables import (
+    CONTACT_SCALARS,
     Company,
     CompanyExternalId,
     Contact,
@@ -33,6 +34,7 @@ from contacts.models.tables import (
 )
 
 __all__ = [
+    "CONTACT_SCALARS",
     "BatchIn",
     "BatchItemResult",
     "BatchOut",

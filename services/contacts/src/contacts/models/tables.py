@@ -26,6 +26,19 @@ from sqlmodel import Field, SQLModel
 
 # Lower-cased text that `q` searches (pg_trgm GIN index), and the normalized full name that
 # duplicate detection compares (also trigram-indexed).
+# The contact's single-valued fields (everything but maps, lists, consent and bookkeeping):
+# what a write sets directly, what an import column can name, what merge picks one value of.
+CONTACT_SCALARS = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "company_id",
+    "owner_id",
+    "lifecycle_stage",
+    "lead_source",
+)
+
 CONTACT_SEARCH_SQL = (
     "lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '') || ' ' "
     "|| coalesce(email, ''))"

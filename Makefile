@@ -15,8 +15,9 @@ ROLE   ?= admin
 SUB    ?= user-1
 TEAMS  ?=
 PYTEST_ARGS ?=
-MEMBERS := libs/chassis proto services/contacts gateway
-SRC_DIRS := libs/chassis/src services/contacts/src gateway/src
+MEMBERS := libs/chassis proto services/contacts services/pipeline services/tickets services/commissions services/campaigns gateway
+SRC_DIRS := libs/chassis/src services/contacts/src services/pipeline/src services/tickets/src \
+            services/commissions/src services/campaigns/src gateway/src
 
 .PHONY: help install run test lint fmt proto proto-check bench demo token migrate clean
 

@@ -22,6 +22,20 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/contacts", "contacts"),
     Route("/v1/companies", "contacts"),
     Route("/v1/custom-fields", "contacts"),
+    # pipeline
+    Route("/v1/teams", "pipeline"),
+    Route("/v1/pipelines", "pipeline"),
+    Route("/v1/deals", "pipeline"),
+    Route("/v1/orders", "pipeline"),
+    Route("/v1/activities", "pipeline"),
+    Route("/v1/tasks", "pipeline"),
+    Route("/v1/forecast", "pipeline"),
+    Route("/v1/reports/funnel", "pipeline"),
+    Route("/v1/reports/sales-cycle", "pipeline"),
+    Route("/v1/reports/win-rate", "pipeline"),
+    Route("/v1/reports/activities", "pipeline"),
+    Route("/v1/reports/average-deal-size", "pipeline"),
+    Route("/v1/playbooks", "pipeline"),
 )
 
 

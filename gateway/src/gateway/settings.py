@@ -10,7 +10,10 @@ from pydantic import field_validator
 from chassis.settings import ServiceSettings
 
 # Local ports of ARCHITECTURE.md section 2; a deployment overrides them with GATEWAY_UPSTREAMS.
-DEFAULT_UPSTREAMS = {"contacts": "http://127.0.0.1:8001"}
+DEFAULT_UPSTREAMS = {
+    "contacts": "http://127.0.0.1:8001",
+    "pipeline": "http://127.0.0.1:8002",
+}
 
 
 class GatewaySettings(ServiceSettings):

@@ -16,7 +16,9 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from crm.commissions.v1 import commissions_pb2
 from crm.contacts.v1 import contacts_pb2
+from crm.pipeline.v1 import pipeline_pb2
 
 __all__ = ["EVENT_TYPES", "ce_type_for", "message_type_for", "subject_for"]
 
@@ -30,6 +32,31 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.contacts.company.updated.v1": contacts_pb2.CompanyUpdated,
     "crm.contacts.company.deleted.v1": contacts_pb2.CompanyDeleted,
     "crm.contacts.custom_field.defined.v1": contacts_pb2.CustomFieldDefined,
+    "crm.pipeline.team.created.v1": pipeline_pb2.TeamCreated,
+    "crm.pipeline.team.updated.v1": pipeline_pb2.TeamUpdated,
+    "crm.pipeline.team.deleted.v1": pipeline_pb2.TeamDeleted,
+    "crm.pipeline.pipeline.created.v1": pipeline_pb2.PipelineCreated,
+    "crm.pipeline.pipeline.updated.v1": pipeline_pb2.PipelineUpdated,
+    "crm.pipeline.pipeline.deleted.v1": pipeline_pb2.PipelineDeleted,
+    "crm.pipeline.deal.created.v1": pipeline_pb2.DealCreated,
+    "crm.pipeline.deal.updated.v1": pipeline_pb2.DealUpdated,
+    "crm.pipeline.deal.stage_changed.v1": pipeline_pb2.DealStageChanged,
+    "crm.pipeline.deal.won.v1": pipeline_pb2.DealWon,
+    "crm.pipeline.deal.lost.v1": pipeline_pb2.DealLost,
+    "crm.pipeline.deal.reopened.v1": pipeline_pb2.DealReopened,
+    "crm.pipeline.deal.deleted.v1": pipeline_pb2.DealDeleted,
+    "crm.pipeline.order.upserted.v1": pipeline_pb2.OrderUpserted,
+    "crm.pipeline.order.paid.v1": pipeline_pb2.OrderPaid,
+    "crm.pipeline.order.refunded.v1": pipeline_pb2.OrderRefunded,
+    "crm.pipeline.activity.logged.v1": pipeline_pb2.ActivityLogged,
+    "crm.pipeline.activity.updated.v1": pipeline_pb2.ActivityUpdated,
+    "crm.pipeline.activity.deleted.v1": pipeline_pb2.ActivityDeleted,
+    "crm.pipeline.task.created.v1": pipeline_pb2.TaskCreated,
+    "crm.pipeline.task.updated.v1": pipeline_pb2.TaskUpdated,
+    "crm.pipeline.task.deleted.v1": pipeline_pb2.TaskDeleted,
+    "crm.pipeline.task.reminder_due.v1": pipeline_pb2.TaskReminderDue,
+    "crm.pipeline.task.overdue.v1": pipeline_pb2.TaskOverdue,
+    "crm.commissions.quota.set.v1": commissions_pb2.QuotaSet,
 }
 """ce-type -> protobuf message class of every event published on NATS."""
 

@@ -1,0 +1,3 @@
+"""Campaigns service:
+segments, email campaigns, sequences, lead scoring, touchpoints, loyalty.
+"""

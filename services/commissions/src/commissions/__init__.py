@@ -1,0 +1,3 @@
+"""Commissions service:
+plans, quotas, attainment, statements, leaderboards, disputes, period close.
+"""

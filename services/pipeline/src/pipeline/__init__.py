@@ -1,0 +1,2 @@
+"""Pipeline service: sales org, pipelines and deals, orders, activities, tasks, forecasting,
+funnel analytics and playbooks."""

@@ -1,0 +1,15 @@
+"""Activities, tasks with their durable reminder/overdue scheduler, playbooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter
+
+from chassis.app import Hook
+from chassis.consumer import Consumer
+
+ROUTERS: Sequence[APIRouter] = ()
+CONSUMERS: Sequence[Consumer] = ()
+ON_STARTUP: Sequence[Hook] = ()
+ON_SHUTDOWN: Sequence[Hook] = ()

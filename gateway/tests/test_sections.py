@@ -1,68 +1,168 @@
-"""The helpers future sections (deals, orders, tickets, ...) write the document with."""
+"""The pipeline's sections of the 360: deals, orders, open tasks, sales metrics and timeline
+entries, whatever the order in which contact and pipeline events arrive."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from httpx import AsyncClient
 
-from chassis.db import Database, commit
-from gateway.readmodel import document
+from chassis.events import OutgoingEvent
+from chassis.testing import Infra
+from crm.common.v1.common_pb2 import EventMeta, Money
+from crm.pipeline.v1 import pipeline_pb2 as pb
+from crm.registry import ce_type_for
 
-T1 = datetime(2025, 2, 1, 9, 30, tzinfo=UTC)
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
-class TestSectionHelpers:
-    async def test_items_put_replaced_removed_and_sections_set(
+def ts(t: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(t)
+    return out
+
+
+def pipeline_event(msg: Any, tenant: str, aggregate_id: str, version: int) -> OutgoingEvent:
+    msg.meta.CopyFrom(
+        EventMeta(
+            tenant_id=tenant,
+            aggregate_id=aggregate_id,
+            version=version,
+            actor="u-rep1",
+            occurred_at=ts(T0 + timedelta(minutes=version)),
+        )
+    )
+    return OutgoingEvent(
+        message=msg,
+        ce_type=ce_type_for(msg),
+        tenant=tenant,
+        aggregate_id=aggregate_id,
+        version=version,
+        source="crm/pipeline",
+    )
+
+
+def deal(did: str, contact_id: str, version: int, **fields: Any) -> pb.Deal:
+    values: dict[str, Any] = {
+        "name": "Acme renewal",
+        "owner_id": "u-rep1",
+        "pipeline_id": "p1",
+        "stage_id": "s1",
+        "stage_name": "Qualify",
+        "amount": Money(amount="10000.00", currency="USD"),
+        "status": "open",
+        "created_at": ts(T0),
+    }
+    values.update(fields)
+    return pb.Deal(id=did, contact_id=contact_id, version=version, **values)
+
+
+async def timeline_kinds(client: AsyncClient, infra: Infra, cid: str) -> list[str]:
+    r = await client.get(f"/v1/customers/{cid}/timeline", headers=infra.auth())
+    assert r.status_code == 200, r.text
+    return [e["kind"] for e in r.json()["items"]]
+
+
+class TestPipelineSections:
+    async def test_deal_before_contact_then_won_order_task_activity(
         self,
         client: AsyncClient,
         events: Any,
         read_360: Callable[..., Any],
         new_id: Callable[[], str],
-        db_url: str,
+        crm_infra: Infra,
     ) -> None:
-        cid = new_id()
+        cid, did, oid, tid, aid = new_id(), new_id(), new_id(), new_id(), new_id()
+        # The deal arrives before the contact it belongs to.
+        await events.publish(pipeline_event(pb.DealCreated(deal=deal(did, cid, 1)), "acme", did, 1))
         await events.publish(events.contact_created("acme", cid))
-        await read_360(cid)
-        db = Database(db_url, pool_size=1)
-        try:
-            async with db.sessionmaker() as session:
-                for item in (
-                    {"id": "d1", "amount": "10.00"},
-                    {"id": "d2", "amount": "5.00"},
-                    {"id": "d1", "amount": "12.50"},
-                ):
-                    await document.put_section_item(
-                        session, tenant="acme", contact_id=cid, section="deals", item=item, as_of=T1
-                    )
-                await document.remove_section_item(
-                    session, tenant="acme", contact_id=cid, section="deals", item_id="d2", as_of=T1
-                )
-                await document.set_section(
-                    session,
-                    tenant="acme",
-                    contact_id=cid,
-                    section="loyalty",
-                    value={"tier": "gold"},
-                    as_of=T1,
-                )
-                # another tenant's customer with the same id is not touched
-                await document.set_section(
-                    session,
-                    tenant="globex",
-                    contact_id=cid,
-                    section="metrics",
-                    value={"x": 1},
-                    as_of=T1,
-                )
-                await commit(session)
-        finally:
-            await db.dispose()
-        doc = (await read_360(cid)).json()
-        assert doc["deals"] == [{"id": "d1", "amount": "12.50"}]
-        assert doc["loyalty"] == {"tier": "gold"}
-        assert doc["metrics"] == {}
-        assert doc["as_of"] == "2025-02-01T09:30:00Z"
-        assert doc["contact"]["first_name"] == "Ada"
+        r = await read_360(cid, until=lambda d: len(d["deals"]) == 1)
+        doc = r.json()
+        assert doc["deals"][0]["id"] == did
+        assert doc["deals"][0]["stage_name"] == "Qualify"
+        assert doc["metrics"]["open_deals"] == 1
+        assert doc["metrics"]["lifetime_value"] == []
+        etag = r.headers["etag"]
+
+        won = deal(did, cid, 2, status="won", stage_id="s9", stage_name="Won", closed_at=ts(T0))
+        await events.publish(
+            pipeline_event(pb.DealWon(deal=won, from_stage_id="s1"), "acme", did, 2)
+        )
+        r = await read_360(cid, until=lambda d: d["deals"][0]["status"] == "won")
+        assert r.headers["etag"] != etag
+        assert r.json()["metrics"]["lifetime_value"] == [{"currency": "USD", "amount": "10000.00"}]
+
+        # An order fulfilling the deal is counted once; another paid order adds up.
+        order = pb.Order(
+            id=oid,
+            contact_id=cid,
+            deal_id=did,
+            number="SO-1",
+            amount=Money(amount="10000.00", currency="USD"),
+            status="paid",
+            ordered_at=ts(T0),
+            paid_at=ts(T0),
+        )
+        await events.publish(pipeline_event(pb.OrderPaid(order=order), "acme", oid, 1))
+        other = new_id()
+        order2 = pb.Order(
+            id=other,
+            contact_id=cid,
+            amount=Money(amount="250.50", currency="USD"),
+            status="paid",
+            ordered_at=ts(T0 + timedelta(days=1)),
+        )
+        await events.publish(pipeline_event(pb.OrderUpserted(order=order2), "acme", other, 1))
+        r = await read_360(cid, until=lambda d: len(d["orders"]) == 2)
+        doc = r.json()
+        assert [o["id"] for o in doc["orders"]] == [other, oid]  # newest first
+        assert doc["metrics"]["lifetime_value"] == [{"currency": "USD", "amount": "10250.50"}]
+
+        task = pb.Task(id=tid, title="Call back", status="open", contact_id=cid, priority="high")
+        await events.publish(pipeline_event(pb.TaskCreated(task=task), "acme", tid, 1))
+        activity = pb.Activity(
+            id=aid, type="call", subject="Intro", contact_id=cid, occurred_at=ts(T0)
+        )
+        await events.publish(pipeline_event(pb.ActivityLogged(activity=activity), "acme", aid, 1))
+        r = await read_360(
+            cid, until=lambda d: d["metrics"].get("last_activity") is not None and d["tasks"]
+        )
+        doc = r.json()
+        assert doc["tasks"][0]["title"] == "Call back"
+        assert doc["metrics"]["open_tasks"] == 1
+        assert doc["metrics"]["last_activity"]["type"] == "call"
+
+        done = pb.Task(id=tid, title="Call back", status="done", contact_id=cid, priority="high")
+        await events.publish(pipeline_event(pb.TaskUpdated(task=done), "acme", tid, 2))
+        await read_360(cid, until=lambda d: d["tasks"] == [] and d["metrics"]["open_tasks"] == 0)
+
+        kinds = await timeline_kinds(client, crm_infra, cid)
+        for kind in ("deal.created", "deal.won", "order.paid", "order.upserted", "activity.call"):
+            assert kind in kinds
+
+    async def test_deal_moves_between_customers_and_is_deleted(
+        self,
+        events: Any,
+        read_360: Callable[..., Any],
+        new_id: Callable[[], str],
+    ) -> None:
+        a, b, did = new_id(), new_id(), new_id()
+        await events.publish(events.contact_created("acme", a), events.contact_created("acme", b))
+        await events.publish(pipeline_event(pb.DealCreated(deal=deal(did, a, 1)), "acme", did, 1))
+        await read_360(a, until=lambda d: len(d["deals"]) == 1)
+        moved = pb.DealUpdated(deal=deal(did, b, 2))
+        moved.meta.changed_fields.append("contact_id")
+        await events.publish(pipeline_event(moved, "acme", did, 2))
+        await read_360(b, until=lambda d: len(d["deals"]) == 1)
+        await read_360(a, until=lambda d: d["deals"] == [] and d["metrics"]["open_deals"] == 0)
+        # A redelivered older version changes nothing.
+        await events.publish(
+            pipeline_event(pb.DealCreated(deal=deal(did, a, 1)), "acme", did, 1), msg_id="again"
+        )
+        await events.publish(pipeline_event(pb.DealDeleted(deal=deal(did, b, 3)), "acme", did, 3))
+        await read_360(b, until=lambda d: d["deals"] == [])
+        doc = (await read_360(a)).json()
+        assert doc["deals"] == []

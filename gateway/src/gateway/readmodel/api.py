@@ -25,7 +25,7 @@ OWN_ONLY = frozenset({"sales_rep"})
 _READERS = TENANT_WIDE | OWN_ONLY
 
 _READ_360 = (
-    "SELECT doc, contact_version, owner_id FROM customer_360 "
+    "SELECT doc, revision, owner_id FROM customer_360 "
     "WHERE tenant_id = $1 AND contact_id = $2 AND doc IS NOT NULL"
 )
 _READ_OWNER = (
@@ -62,6 +62,7 @@ class Customer360(BaseModel):
     orders: list[dict[str, Any]] = Field(default_factory=list)
     tickets: list[dict[str, Any]] = Field(default_factory=list)
     campaigns: list[dict[str, Any]] = Field(default_factory=list)
+    tasks: list[dict[str, Any]] = Field(default_factory=list, description="Open tasks.")
     loyalty: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     as_of: datetime = Field(description="Time of the last event applied to the document.")

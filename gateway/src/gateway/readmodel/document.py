@@ -3,17 +3,19 @@
 Every section is owned by the handlers of one producing context (`sections/<context>.py`);
 they change their section through these helpers, inside the consumer's transaction, and
 never touch another section. A document whose contact was deleted, erased or merged away is a
-tombstone row (`doc` NULL, nothing personal kept) so that a late event cannot revive it.
+tombstone row (`doc` NULL, nothing personal kept) so that a late event cannot revive it;
+a `pending` row (`doc` NULL) is a customer known from another context's items only.
 
 Document shape:
 `{"customer_id", "contact": {...}, "company": {...} | null, "deals": [], "orders": [],
-"tickets": [], "campaigns": [], "loyalty": null, "metrics": {}, "as_of": "<RFC 3339>",
+"tickets": [], "campaigns": [], "tasks": [], "loyalty": null, "metrics": {}, "as_of": "<RFC 3339>",
 "versions": {"contact": n, "company": m}}`
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ EMPTY_SECTIONS: dict[str, Any] = {
     "orders": [],
     "tickets": [],
     "campaigns": [],
+    "tasks": [],
     "loyalty": None,
     "metrics": {},
 }
@@ -54,12 +57,13 @@ LEFT JOIN rm_companies co
        ON co.tenant_id = :tenant AND co.company_id = CAST(:company_id AS uuid)
 ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     company_id = EXCLUDED.company_id, owner_id = EXCLUDED.owner_id,
-    contact_version = EXCLUDED.contact_version, updated_at = now(),
-    doc = c.doc || jsonb_build_object(
+    contact_version = EXCLUDED.contact_version, updated_at = now(), revision = c.revision + 1,
+    state = 'active',
+    doc = COALESCE(c.doc, EXCLUDED.doc) || jsonb_build_object(
         'contact', EXCLUDED.doc -> 'contact', 'company', EXCLUDED.doc -> 'company',
         'as_of', EXCLUDED.doc -> 'as_of',
         'versions', (c.doc -> 'versions') - 'company' || (EXCLUDED.doc -> 'versions'))
-WHERE c.state = 'active' AND c.contact_version < EXCLUDED.contact_version
+WHERE c.state IN ('active', 'pending') AND c.contact_version < EXCLUDED.contact_version
 """)
 
 
@@ -97,7 +101,8 @@ INSERT INTO customer_360 AS c (tenant_id, contact_id, state, contact_version)
 VALUES (:tenant, CAST(:contact_id AS uuid), :state, :version)
 ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     state = EXCLUDED.state, doc = NULL, company_id = NULL, owner_id = NULL,
-    contact_version = GREATEST(c.contact_version, EXCLUDED.contact_version), updated_at = now()
+    contact_version = GREATEST(c.contact_version, EXCLUDED.contact_version), updated_at = now(),
+    revision = c.revision + 1
 """)
 
 
@@ -120,7 +125,7 @@ async def tombstone_many(
         FROM unnest(CAST(:ids AS uuid[])) AS id
         ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
             state = EXCLUDED.state, doc = NULL, company_id = NULL, owner_id = NULL,
-            updated_at = now()
+            updated_at = now(), revision = c.revision + 1
     """),
         {"tenant": tenant, "ids": contact_ids, "state": state},
     )
@@ -159,7 +164,8 @@ async def embed_company(
     one UPDATE over the (tenant_id, company_id) index."""
     await session.execute(
         text("""
-        UPDATE customer_360 SET updated_at = now(), doc = doc || jsonb_build_object(
+        UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
+          doc = doc || jsonb_build_object(
             'company', CAST(:company AS jsonb), 'as_of', CAST(:as_of AS text),
             'versions', (doc -> 'versions') - 'company'
                         || jsonb_strip_nulls(jsonb_build_object(
@@ -187,112 +193,187 @@ async def delete_company(session: AsyncSession, *, tenant: str, company_id: str)
     )
 
 
-# Helpers for the sections other contexts own (deals, orders, tickets, campaigns, ...).
+# The sections other contexts own (deals, orders, tickets, loyalty, ...). Their events come on
+# other streams than the contact's, in any order relative to it, so their items live in
+# `rm_items` (one row per item, whatever the document) and each section module registers a
+# builder that writes its part of the document from those items: after its own events, and
+# when a document is created for a customer that already has items.
+
+Builder = Callable[[AsyncSession, str, list[str]], Awaitable[None]]
+_BUILDERS: list[Builder] = []
 
 
-async def set_section(
+def section_builder(fn: Builder) -> Builder:
+    """Register `fn(session, tenant, contact_ids)`, which rewrites its sections of those
+    customers' documents from `rm_items` (see `items_of` and `write_sections`)."""
+    _BUILDERS.append(fn)
+    return fn
+
+
+_PUT_ITEM = text("""
+WITH old AS (
+    SELECT contact_id FROM rm_items
+    WHERE tenant_id = :tenant AND section = :section AND item_id = :item_id
+), put AS (
+    INSERT INTO rm_items AS r (tenant_id, section, item_id, contact_id, item, version, sort_at)
+    VALUES (:tenant, :section, :item_id, CAST(:contact_id AS uuid), CAST(:item AS jsonb),
+            :version, :sort_at)
+    ON CONFLICT (tenant_id, section, item_id) DO UPDATE SET
+        contact_id = EXCLUDED.contact_id, item = EXCLUDED.item, version = EXCLUDED.version,
+        sort_at = EXCLUDED.sort_at
+    WHERE r.version < EXCLUDED.version
+    RETURNING contact_id
+)
+SELECT CAST(contact_id AS text) FROM put
+UNION SELECT CAST(contact_id AS text) FROM old WHERE EXISTS (SELECT 1 FROM put)
+""")
+
+
+# A section event for a customer whose document does not exist yet leaves a `pending` row
+# (no document) that the contact's first event turns into the document. The row is what
+# serializes the two consumers: whichever inserts it second waits for the first to commit,
+# so the contact's `rebuild` always sees the items, or the item's builder the document.
+_ENSURE_ROW = text("""
+INSERT INTO customer_360 (tenant_id, contact_id, state, contact_version)
+VALUES (:tenant, CAST(:contact_id AS uuid), 'pending', 0)
+ON CONFLICT (tenant_id, contact_id) DO NOTHING
+""")
+
+
+async def put_item(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    section: str,
+    item_id: str,
+    contact_id: str | None,
+    item: dict[str, Any],
+    version: int,
+    sort_at: datetime,
+) -> list[str]:
+    """Insert or replace an item (unless a newer version is stored). Returns the customers
+    whose documents must be rebuilt: the item's customer and, when it moved, the previous one."""
+    rows = await session.execute(
+        _PUT_ITEM,
+        {
+            "tenant": tenant,
+            "section": section,
+            "item_id": item_id,
+            "contact_id": contact_id,
+            "item": _json(item),
+            "version": version,
+            "sort_at": sort_at,
+        },
+    )
+    touched = [r[0] for r in rows if r[0] is not None]
+    if contact_id is not None and touched:
+        await session.execute(_ENSURE_ROW, {"tenant": tenant, "contact_id": contact_id})
+    return touched
+
+
+async def drop_item(session: AsyncSession, *, tenant: str, section: str, item_id: str) -> list[str]:
+    """Remove an item; returns the customer whose document must be rebuilt."""
+    rows = await session.execute(
+        text("""
+        DELETE FROM rm_items WHERE tenant_id = :tenant AND section = :section AND item_id = :id
+        RETURNING CAST(contact_id AS text)
+    """),
+        {"tenant": tenant, "section": section, "id": item_id},
+    )
+    return [r[0] for r in rows if r[0] is not None]
+
+
+async def items_of(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    contact_ids: list[str],
+    sections: dict[str, int | None],
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The items of `sections` (name -> at most this many, newest first; None: all) of each
+    customer: {contact_id: {section: [item, ...]}} (sections without items are absent)."""
+    result: dict[str, dict[str, list[dict[str, Any]]]] = {c: {} for c in contact_ids}
+    if not contact_ids:
+        return result
+    rows = await session.execute(
+        text("""
+        SELECT contact_id, section, item FROM (
+            SELECT CAST(contact_id AS text) AS contact_id, section, item,
+                   row_number() OVER (PARTITION BY contact_id, section
+                                      ORDER BY sort_at DESC, item_id) AS n
+            FROM rm_items
+            WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
+              AND section = ANY(:sections)
+        ) ranked
+        WHERE n <= COALESCE(CAST(CAST(:limits AS jsonb) ->> section AS bigint), n)
+        ORDER BY contact_id, section, n
+    """),
+        {
+            "tenant": tenant,
+            "ids": contact_ids,
+            "sections": list(sections),
+            "limits": _json({k: v for k, v in sections.items() if v is not None}),
+        },
+    )
+    for contact_id, section, item in rows:
+        result[contact_id].setdefault(section, []).append(item)
+    return result
+
+
+async def write_sections(
     session: AsyncSession,
     *,
     tenant: str,
     contact_id: str,
-    section: str,
-    value: Any,
-    as_of: datetime,
+    values: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Replace one section of a customer's document (a no-op for an unknown customer)."""
+    """Set top-level keys of a customer's document and merge keys into its `metrics` (a no-op
+    for a customer without a document: its builder runs again when the document appears)."""
     await session.execute(
         text("""
-        UPDATE customer_360 SET updated_at = now(),
-            doc = doc || jsonb_build_object(CAST(:section AS text), CAST(:value AS jsonb),
-                                            'as_of', CAST(:as_of AS text))
+        UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
+            doc = doc || CAST(:values AS jsonb)
+                      || jsonb_build_object('metrics', COALESCE(doc -> 'metrics', '{}'::jsonb)
+                                                       || CAST(:metrics AS jsonb))
         WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
           AND doc IS NOT NULL
     """),
         {
             "tenant": tenant,
             "contact_id": contact_id,
-            "section": section,
-            "value": _json(value),
-            "as_of": rfc3339(as_of),
+            "values": _json(values),
+            "metrics": _json(metrics or {}),
         },
     )
 
 
-_REPLACE_SECTION_ITEM = text("""
-UPDATE customer_360 SET updated_at = now(),
-    doc = doc || jsonb_build_object(
-        CAST(:section AS text),
-        COALESCE((SELECT jsonb_agg(e) FROM jsonb_array_elements(
-                      COALESCE(doc -> CAST(:section AS text), '[]'::jsonb)) AS e
-                  WHERE e ->> 'id' IS DISTINCT FROM CAST(:item_id AS text)), '[]'::jsonb)
-            || CAST(:items AS jsonb),
-        'as_of', CAST(:as_of AS text))
-WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
-  AND doc IS NOT NULL
-""")
-
-
-async def _replace_section_item(
-    session: AsyncSession,
-    *,
-    tenant: str,
-    contact_id: str,
-    section: str,
-    item_id: str,
-    item: dict[str, Any] | None,
-    as_of: datetime,
+async def touch(
+    session: AsyncSession, *, tenant: str, contact_ids: list[str], as_of: datetime
 ) -> None:
-    """Drop the item with `item_id` from a list section, then append `item` if given."""
+    """Record that events up to `as_of` are applied to these documents."""
     await session.execute(
-        _REPLACE_SECTION_ITEM,
-        {
-            "tenant": tenant,
-            "contact_id": contact_id,
-            "section": section,
-            "item_id": item_id,
-            "items": _json([item] if item is not None else []),
-            "as_of": rfc3339(as_of),
-        },
+        text("""
+        UPDATE customer_360 SET doc = doc || jsonb_build_object('as_of', CAST(:as_of AS text))
+        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[])) AND doc IS NOT NULL
+    """),
+        {"tenant": tenant, "ids": contact_ids, "as_of": rfc3339(as_of)},
     )
 
 
-async def put_section_item(
-    session: AsyncSession,
-    *,
-    tenant: str,
-    contact_id: str,
-    section: str,
-    item: dict[str, Any],
-    as_of: datetime,
-) -> None:
-    """Insert or replace (by its `id`) one item of a list section, e.g. a deal."""
-    await _replace_section_item(
-        session,
-        tenant=tenant,
-        contact_id=contact_id,
-        section=section,
-        item_id=str(item["id"]),
-        item=item,
-        as_of=as_of,
+async def rebuild(session: AsyncSession, tenant: str, contact_ids: list[str]) -> None:
+    """Run every section builder for the customers of `contact_ids` that have items (after
+    their documents were created: the items may have arrived first)."""
+    if not contact_ids or not _BUILDERS:
+        return
+    rows = await session.execute(
+        text("""
+        SELECT DISTINCT CAST(contact_id AS text) FROM rm_items
+        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
+    """),
+        {"tenant": tenant, "ids": contact_ids},
     )
-
-
-async def remove_section_item(
-    session: AsyncSession,
-    *,
-    tenant: str,
-    contact_id: str,
-    section: str,
-    item_id: str,
-    as_of: datetime,
-) -> None:
-    """Remove one item (by its `id`) from a list section."""
-    await _replace_section_item(
-        session,
-        tenant=tenant,
-        contact_id=contact_id,
-        section=section,
-        item_id=item_id,
-        item=None,
-        as_of=as_of,
-    )
+    with_items = [r[0] for r in rows]
+    if with_items:
+        for build in _BUILDERS:
+            await build(session, tenant, with_items)

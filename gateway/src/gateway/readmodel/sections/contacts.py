@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chassis.consumer import Consumer
@@ -14,21 +12,12 @@ from chassis.events import IncomingEvent
 from crm.common.v1.common_pb2 import EventMeta
 from crm.contacts.v1 import contacts_pb2 as pb
 from gateway.readmodel import document, timeline
+from gateway.readmodel.sections.common import occurred, opt, time_of, timeline_entry
 from gateway.readmodel.timeline import Entry
 
 consumer = Consumer("customer-360", context="contacts", aggregates=["contact", "company"])
 
 _CONSENT_PREFIX = "CONSENT_STATUS_"
-
-
-def _time(ts: Timestamp) -> str | None:
-    if ts.seconds == 0 and ts.nanos == 0:
-        return None
-    return document.rfc3339(ts.ToDatetime(tzinfo=UTC))
-
-
-def _opt(value: str) -> str | None:
-    return value or None
 
 
 def contact_section(c: pb.Contact) -> dict[str, Any]:
@@ -37,22 +26,22 @@ def contact_section(c: pb.Contact) -> dict[str, Any]:
         "id": c.id,
         "first_name": c.first_name,
         "last_name": c.last_name,
-        "email": _opt(c.email),
-        "phone": _opt(c.phone),
-        "company_id": _opt(c.company_id),
-        "owner_id": _opt(c.owner_id),
-        "lifecycle_stage": _opt(c.lifecycle_stage),
-        "lead_source": _opt(c.lead_source),
+        "email": opt(c.email),
+        "phone": opt(c.phone),
+        "company_id": opt(c.company_id),
+        "owner_id": opt(c.owner_id),
+        "lifecycle_stage": opt(c.lifecycle_stage),
+        "lead_source": opt(c.lead_source),
         "tags": list(c.tags),
         "custom_fields": json_format.MessageToDict(c.custom_fields),
         "external_ids": dict(c.external_ids),
         "consent": {
             "email_marketing": "unknown" if status == "UNSPECIFIED" else status.lower(),
-            "legal_basis": _opt(c.consent.legal_basis),
-            "updated_at": _time(c.consent.updated_at),
+            "legal_basis": opt(c.consent.legal_basis),
+            "updated_at": time_of(c.consent.updated_at),
         },
-        "created_at": _time(c.created_at),
-        "updated_at": _time(c.updated_at),
+        "created_at": time_of(c.created_at),
+        "updated_at": time_of(c.updated_at),
         "version": c.version,
     }
 
@@ -62,28 +51,22 @@ def company_section(c: pb.Company) -> dict[str, Any]:
     return {
         "id": c.id,
         "name": c.name,
-        "domain": _opt(c.domain),
-        "industry": _opt(c.industry),
+        "domain": opt(c.domain),
+        "industry": opt(c.industry),
         "employees": c.employees or None,
         "annual_revenue": (
             {"amount": revenue.amount, "currency": revenue.currency}
             if c.HasField("annual_revenue")
             else None
         ),
-        "owner_id": _opt(c.owner_id),
+        "owner_id": opt(c.owner_id),
         "tags": list(c.tags),
         "custom_fields": json_format.MessageToDict(c.custom_fields),
         "external_ids": dict(c.external_ids),
-        "created_at": _time(c.created_at),
-        "updated_at": _time(c.updated_at),
+        "created_at": time_of(c.created_at),
+        "updated_at": time_of(c.updated_at),
         "version": c.version,
     }
-
-
-def _occurred(meta: EventMeta, event: IncomingEvent) -> datetime:
-    if meta.HasField("occurred_at"):
-        return meta.occurred_at.ToDatetime(tzinfo=UTC)
-    return event.time
 
 
 def _fields_summary(what: str, fields: list[str]) -> str:
@@ -92,12 +75,6 @@ def _fields_summary(what: str, fields: list[str]) -> str:
     shown = ", ".join(fields[:5])
     more = f" and {len(fields) - 5} more" if len(fields) > 5 else ""
     return f"{what} updated: {shown}{more}"
-
-
-def _entry(event: IncomingEvent, meta: EventMeta, kind: str, summary: str, **data: Any) -> Entry:
-    details: dict[str, Any] = {"actor": meta.actor or None, "origin": meta.origin or None}
-    details.update(data)
-    return Entry(event.id, _occurred(meta, event), kind, summary, details)
 
 
 async def _apply_contact(
@@ -130,6 +107,12 @@ async def _apply_contacts(
     async def flush() -> None:
         await document.upsert_contacts(session, docs)
         await timeline.record_many(session, entries)
+        # Items of other sections (a deal, a ticket) may have arrived before the contact.
+        by_tenant: dict[str, list[str]] = {}
+        for d in docs:
+            by_tenant.setdefault(d["tenant"], []).append(d["contact_id"])
+        for tenant, ids in by_tenant.items():
+            await document.rebuild(session, tenant, ids)
         docs.clear()
         entries.clear()
 
@@ -142,11 +125,11 @@ async def _apply_contacts(
             document.contact_params(
                 tenant=event.tenant,
                 contact_id=event.aggregate_id,
-                company_id=_opt(contact.company_id),
-                owner_id=_opt(contact.owner_id),
+                company_id=opt(contact.company_id),
+                owner_id=opt(contact.owner_id),
                 version=event.version,
                 contact=contact_section(contact),
-                as_of=_occurred(meta, event),
+                as_of=occurred(meta, event),
             )
         )
         entries.append((event.tenant, event.aggregate_id, entry))
@@ -158,7 +141,7 @@ async def contacts_created(session: AsyncSession, events: list[IncomingEvent]) -
     items = []
     for event in events:
         msg = event.parse(pb.ContactCreated)
-        entry = _entry(event, msg.meta, "contact.created", "Contact created")
+        entry = timeline_entry(event, msg.meta, "contact.created", "Contact created")
         items.append((event, msg.meta, msg.contact, entry))
     await _apply_contacts(session, items)
 
@@ -169,7 +152,7 @@ async def contacts_updated(session: AsyncSession, events: list[IncomingEvent]) -
     for event in events:
         msg = event.parse(pb.ContactUpdated)
         fields = list(msg.meta.changed_fields)
-        entry = _entry(
+        entry = timeline_entry(
             event,
             msg.meta,
             "contact.updated",
@@ -191,7 +174,7 @@ async def contact_merged(session: AsyncSession, event: IncomingEvent) -> None:
         event,
         msg.meta,
         msg.survivor,
-        _entry(event, msg.meta, "contact.merged", summary, merged_ids=losers),
+        timeline_entry(event, msg.meta, "contact.merged", summary, merged_ids=losers),
     )
     if losers:
         await timeline.repoint(session, event.tenant, losers, event.aggregate_id)
@@ -241,7 +224,7 @@ async def _apply_company(
             company_id=event.aggregate_id,
             company=section,
             version=event.version,
-            as_of=_occurred(meta, event),
+            as_of=occurred(meta, event),
         )
     await timeline.record_for_company(session, event.tenant, event.aggregate_id, entry)
 
@@ -254,7 +237,7 @@ async def company_created(session: AsyncSession, event: IncomingEvent) -> None:
         event,
         msg.meta,
         msg.company,
-        _entry(
+        timeline_entry(
             event, msg.meta, "company.created", "Company created", company_id=event.aggregate_id
         ),
     )
@@ -269,7 +252,7 @@ async def company_updated(session: AsyncSession, event: IncomingEvent) -> None:
         event,
         msg.meta,
         msg.company,
-        _entry(
+        timeline_entry(
             event,
             msg.meta,
             "company.updated",
@@ -283,7 +266,7 @@ async def company_updated(session: AsyncSession, event: IncomingEvent) -> None:
 @consumer.on("crm.contacts.company.deleted.v1")
 async def company_deleted(session: AsyncSession, event: IncomingEvent) -> None:
     msg = event.parse(pb.CompanyDeleted)
-    entry = _entry(
+    entry = timeline_entry(
         event, msg.meta, "company.deleted", "Company deleted", company_id=event.aggregate_id
     )
     await timeline.record_for_company(session, event.tenant, event.aggregate_id, entry)
@@ -294,5 +277,5 @@ async def company_deleted(session: AsyncSession, event: IncomingEvent) -> None:
         company_id=event.aggregate_id,
         company=None,
         version=None,
-        as_of=_occurred(msg.meta, event),
+        as_of=occurred(msg.meta, event),
     )

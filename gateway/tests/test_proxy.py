@@ -239,3 +239,23 @@ class TestUpstreamFailures:
             r = await c.get("/v1/companies/slow", headers=crm_infra.auth())
             assert r.status_code == 504
             assert r.headers["content-type"] == PROBLEM
+
+
+class TestPublicRoutes:
+    async def test_public_route_needs_no_token_and_never_forwards_one(
+        self, gateway: Any, upstream_url: str, crm_infra: Infra
+    ) -> None:
+        async with gateway(upstreams={"tickets": upstream_url}, public_rate_limit_burst=3) as c:
+            r = await c.post("/v1/public/csat/tok-1", json={"score": 5})
+            assert r.status_code == 200, r.text
+            assert r.json()["path"] == "/v1/public/csat/tok-1"
+            r = await c.post("/v1/public/csat/tok-1", json={"score": 5}, headers=crm_infra.auth())
+            assert "authorization" not in r.json()["headers"]
+            # The rest of the tickets API still wants a token.
+            assert (await c.get("/v1/tickets")).status_code == 401
+            # Strict per-client limit: burst of 3, the 4th is refused (two already spent).
+            assert (await c.post("/v1/public/nps/tok-2", json={})).status_code == 200
+            refused = await c.post("/v1/public/nps/tok-2", json={})
+            assert refused.status_code == 429
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "public" in refused.json()["detail"]

@@ -65,8 +65,8 @@ class RateLimiter:
 
 
 class RateLimited(TooManyRequests):
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(f"rate limit of the tenant exceeded; retry in {decision.retry_after}s")
+    def __init__(self, decision: Decision, what: str = "rate limit of the tenant exceeded") -> None:
+        super().__init__(f"{what}; retry in {decision.retry_after}s")
         self.decision = decision
 
 
@@ -76,6 +76,17 @@ class Access:
 
     verifier: Verifier
     limiter: RateLimiter
+    # Public routes (no JWT): a bucket per client address, much stricter than a tenant's.
+    public_limiter: RateLimiter
+
+    def admit_public(self, client: str) -> Decision | None:
+        """Charge the client address's bucket (429) on a public route."""
+        if not self.public_limiter.enabled:
+            return None
+        decision = self.public_limiter.take(client)
+        if not decision.allowed:
+            raise RateLimited(decision, "rate limit of public endpoints exceeded")
+        return decision
 
     async def admit(self, authorization: str | None) -> tuple[Principal, Decision | None]:
         """Verify the caller (401) and charge its tenant's bucket (429)."""

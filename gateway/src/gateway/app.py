@@ -36,6 +36,7 @@ async def _startup(app: FastAPI) -> None:
     app.state.access = Access(
         app.state.verifier,
         RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        RateLimiter(settings.public_rate_limit_per_second, settings.public_rate_limit_burst),
     )
     await proxy.open_clients(app)
     app.state.openapi_cache = openapi.OpenApiCache(
@@ -93,7 +94,7 @@ def build(settings: GatewaySettings) -> FastAPI:
     app.router.routes[:0] = readmodel_api.fast_routes()
     app.add_exception_handler(RateLimited, _rate_limited)
     for route in routes_for(settings.upstreams):
-        endpoint = proxy.Upstream(route.upstream)
+        endpoint = proxy.Upstream(route.upstream, public=route.public)
         for path in (route.prefix, route.prefix + "/{rest:path}"):
             app.router.routes.append(
                 StarletteRoute(path, endpoint, methods=_METHODS, include_in_schema=False)

@@ -146,8 +146,9 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
 class Upstream:
     """The ASGI endpoint of every route owned by one upstream."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, public: bool = False) -> None:
         self.name = name
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
@@ -157,15 +158,21 @@ class Upstream:
         has_body = False
         for key, value in scope["headers"]:
             if key in FORWARDED_REQUEST_HEADERS:
-                forward.append((key, value))
                 if key == b"authorization":
+                    if self.public:
+                        continue  # a public route never acts on a caller's credentials
                     authorization = value.decode("latin-1")
                 elif key == b"content-length":
                     has_body = value != b"0"
+                forward.append((key, value))
             elif key == b"transfer-encoding":
                 has_body = True
+        client = scope.get("client")
         try:
-            _, decision = await access.admit(authorization)
+            if self.public:
+                decision = access.admit_public(client[0] if client else "unknown")
+            else:
+                _, decision = await access.admit(authorization)
         except RateLimited as e:
             await send_problem(
                 send, 429, e.title, str(e.detail), e.decision.headers(), scope["path"]
@@ -185,7 +192,6 @@ class Upstream:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         forward += [(k.encode(), v.encode()) for k, v in carrier.items()]
-        client = scope.get("client")
         if client:
             forward.append((b"x-forwarded-for", client[0].encode()))
         if not any(k == b"accept-encoding" for k, _ in forward):

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 class Route:
     prefix: str
     upstream: str
+    # Public routes (`/v1/public/...`: survey answers, tracking pixels, unsubscribe links) take
+    # no JWT: the unguessable token in the path is the credential. The gateway drops any
+    # Authorization header and charges a strict per-client-address rate limit instead.
+    public: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -36,6 +40,37 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/reports/activities", "pipeline"),
     Route("/v1/reports/average-deal-size", "pipeline"),
     Route("/v1/playbooks", "pipeline"),
+    # commissions
+    Route("/v1/commission-plans", "commissions"),
+    Route("/v1/quotas", "commissions"),
+    Route("/v1/statements", "commissions"),
+    Route("/v1/periods", "commissions"),
+    Route("/v1/adjustments", "commissions"),
+    Route("/v1/disputes", "commissions"),
+    Route("/v1/leaderboard", "commissions"),
+    Route("/v1/commissions", "commissions"),
+    # tickets
+    Route("/v1/tickets", "tickets"),
+    Route("/v1/groups", "tickets"),
+    Route("/v1/business-hours", "tickets"),
+    Route("/v1/sla-policies", "tickets"),
+    Route("/v1/kb", "tickets"),
+    Route("/v1/surveys", "tickets"),
+    Route("/v1/reports/sla", "tickets"),
+    Route("/v1/reports/csat", "tickets"),
+    Route("/v1/reports/nps", "tickets"),
+    Route("/v1/public/csat", "tickets", public=True),
+    Route("/v1/public/nps", "tickets", public=True),
+    # campaigns
+    Route("/v1/segments", "campaigns"),
+    Route("/v1/email-templates", "campaigns"),
+    Route("/v1/campaigns", "campaigns"),
+    Route("/v1/sequences", "campaigns"),
+    Route("/v1/scoring-models", "campaigns"),
+    Route("/v1/touchpoints", "campaigns"),
+    Route("/v1/loyalty", "campaigns"),
+    Route("/v1/public/t", "campaigns", public=True),
+    Route("/v1/public/unsubscribe", "campaigns", public=True),
 )
 
 

@@ -25,6 +25,10 @@ class GatewaySettings(ServiceSettings):
     # A value <= 0 turns the limit off.
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
+    # Token bucket per client address on the public routes (/v1/public/...: survey answers,
+    # tracking, unsubscribe), which take no JWT. A value <= 0 turns it off.
+    public_rate_limit_per_second: float = 5.0
+    public_rate_limit_burst: int = 20
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
     proxy_write_timeout: float = 30.0

@@ -34,6 +34,14 @@ def load_stack(path: Path = ROOT / "stack.toml") -> dict[str, dict[str, Any]]:
     return services
 
 
+def load_processes(path: Path = ROOT / "stack.toml") -> dict[str, dict[str, Any]]:
+    """Helper processes of the local stack (e.g. the SMTP sink): `[processes.<name>]` with a
+    `command` run with this interpreter (`{python}` and `{data}` are substituted)."""
+    with path.open("rb") as f:
+        processes: dict[str, dict[str, Any]] = tomllib.load(f).get("processes", {})
+    return processes
+
+
 def _migrate(server_url: str, services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         db = f"crm_{name.replace('-', '_')}"
@@ -98,6 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "--no-access-log --log-level warning",
                 env=env,
             )
+        for name, proc in load_processes().items():
+            command = proc["command"].format(python=py, data=DATA)
+            manager.add_process(name, command, env=env)
         urls = " ".join(f"{n}=http://127.0.0.1:{s['port']}" for n, s in services.items())
         manager.add_process("ready", f"{py} -m chassis.devstack wait-ready {urls}", env=env)
         manager.loop()

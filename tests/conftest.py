@@ -1,12 +1,15 @@
-"""Cross-service fixtures: the contacts service on a real local port (uvicorn, with its
-relay) behind the gateway (in process, with its read-model consumer), both on the real
-PostgreSQL and NATS of the chassis plugin."""
+"""Cross-service fixtures: every service on a real local port (uvicorn, with its relay,
+consumers and schedulers) behind the gateway (in process, with its read-model consumers),
+all on the real PostgreSQL and NATS of the chassis plugin."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -15,59 +18,92 @@ from httpx import ASGITransport, AsyncClient
 
 import contacts.app as contacts_app
 import gateway.app as gateway_app
+import pipeline.app as pipeline_app
 from chassis.infra import free_port
+from chassis.settings import ServiceSettings
 from chassis.testing import Infra, running, wait_for
 from gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    name: str
+    migrations: Path
+    settings: type[ServiceSettings]
+    build: Callable[[Any], FastAPI]
+
+
+SERVICES = (
+    ServiceDef(
+        "contacts", contacts_app.MIGRATIONS, contacts_app.ContactsSettings, contacts_app.build
+    ),
+    ServiceDef(
+        "pipeline", pipeline_app.MIGRATIONS, pipeline_app.PipelineSettings, pipeline_app.build
+    ),
+)
 
 
 @dataclass
 class Platform:
     client: AsyncClient
     infra: Infra
-    contacts_url: str
     gateway_db: str
-    contacts_db: str
     gateway: FastAPI
-    contacts: FastAPI
+    urls: dict[str, str] = field(default_factory=dict)
+    dbs: dict[str, str] = field(default_factory=dict)
+    apps: dict[str, FastAPI] = field(default_factory=dict)
+
+    @property
+    def contacts_db(self) -> str:
+        return self.dbs["contacts"]
 
 
-@pytest.fixture
-async def platform(crm_infra: Infra, clean_streams: None) -> AsyncIterator[Platform]:
-    contacts_db = await crm_infra.database(
-        "crm_contacts", contacts_app.MIGRATIONS, "alembic_version_contacts"
-    )
-    gateway_db = await crm_infra.database(
-        "crm_gateway", gateway_app.MIGRATIONS, "alembic_version_gateway"
-    )
-    capp = contacts_app.build(
-        crm_infra.settings(contacts_app.ContactsSettings, "contacts", contacts_db)
-    )
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """The app on a real local port (its lifespan included); yields its base URL."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(capp, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:
         return server.started
 
-    await wait_for(started, message="contacts service listening")
-    url = f"http://127.0.0.1:{port}"
-    gapp = gateway_app.build(
-        crm_infra.settings(
-            GatewaySettings,
-            "gateway",
-            gateway_db,
-            upstreams={"contacts": url},
-            rate_limit_per_second=100_000,
-            rate_limit_burst=100_000,
-        )
-    )
     try:
-        async with running(gapp):
-            transport = ASGITransport(gapp, raise_app_exceptions=False)
-            async with AsyncClient(transport=transport, base_url="http://gw", timeout=30) as c:
-                yield Platform(c, crm_infra, url, gateway_db, contacts_db, gapp, capp)
+        await wait_for(started, message=f"service on port {port} listening")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture
+async def platform(crm_infra: Infra, clean_streams: None) -> AsyncIterator[Platform]:
+    gateway_db = await crm_infra.database(
+        "crm_gateway", gateway_app.MIGRATIONS, "alembic_version_gateway"
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        urls: dict[str, str] = {}
+        dbs: dict[str, str] = {}
+        apps: dict[str, FastAPI] = {}
+        for svc in SERVICES:
+            dbs[svc.name] = await crm_infra.database(
+                f"crm_{svc.name}", svc.migrations, f"alembic_version_{svc.name}"
+            )
+            apps[svc.name] = svc.build(crm_infra.settings(svc.settings, svc.name, dbs[svc.name]))
+            urls[svc.name] = await stack.enter_async_context(serve(apps[svc.name]))
+        gapp = gateway_app.build(
+            crm_infra.settings(
+                GatewaySettings,
+                "gateway",
+                gateway_db,
+                upstreams=urls,
+                rate_limit_per_second=100_000,
+                rate_limit_burst=100_000,
+            )
+        )
+        async with running(gapp):
+            transport = ASGITransport(gapp, raise_app_exceptions=False)
+            async with AsyncClient(transport=transport, base_url="http://gw", timeout=30) as c:
+                yield Platform(c, crm_infra, gateway_db, gapp, urls, dbs, apps)

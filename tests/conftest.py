@@ -16,9 +16,11 @@ import uvicorn
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
+import commissions.app as commissions_app
 import contacts.app as contacts_app
 import gateway.app as gateway_app
 import pipeline.app as pipeline_app
+import tickets.app as tickets_app
 from chassis.infra import free_port
 from chassis.settings import ServiceSettings
 from chassis.testing import Infra, running, wait_for
@@ -40,6 +42,13 @@ SERVICES = (
     ServiceDef(
         "pipeline", pipeline_app.MIGRATIONS, pipeline_app.PipelineSettings, pipeline_app.build
     ),
+    ServiceDef(
+        "commissions",
+        commissions_app.MIGRATIONS,
+        commissions_app.CommissionsSettings,
+        commissions_app.build,
+    ),
+    ServiceDef("tickets", tickets_app.MIGRATIONS, tickets_app.TicketsSettings, tickets_app.build),
 )
 
 

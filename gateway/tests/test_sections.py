@@ -3,15 +3,18 @@ entries, whatever the order in which contact and pipeline events arrive."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 from httpx import AsyncClient
 
+from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
-from chassis.testing import Infra
+from chassis.testing import Infra, wait_for
 from crm.common.v1.common_pb2 import EventMeta, Money
 from crm.pipeline.v1 import pipeline_pb2 as pb
 from crm.registry import ce_type_for
@@ -166,3 +169,110 @@ class TestPipelineSections:
         await read_360(b, until=lambda d: d["deals"] == [])
         doc = (await read_360(a)).json()
         assert doc["deals"] == []
+
+
+def ticket(tid: str, contact_id: str, version: int, status: str = "open") -> Any:
+    from crm.tickets.v1 import tickets_pb2 as tpb
+
+    return tpb.Ticket(
+        id=tid,
+        subject="Cannot log in",
+        status=status,
+        priority="urgent",
+        requester_contact_id=contact_id,
+        version=version,
+        created_at=ts(T0),
+        sla=[tpb.SlaClock(id="c1", metric="first_response", due_at=ts(T0), breached=True)],
+    )
+
+
+class TestTicketSections:
+    async def test_tickets_breaches_surveys_follow_merge_and_erasure(
+        self,
+        client: AsyncClient,
+        events: Any,
+        read_360: Callable[..., Any],
+        new_id: Callable[[], str],
+        crm_infra: Infra,
+        db_url: str,
+    ) -> None:
+        from crm.tickets.v1 import tickets_pb2 as tpb
+
+        survivor, loser, t1, t2 = new_id(), new_id(), new_id(), new_id()
+        await events.publish(
+            events.contact_created("acme", survivor), events.contact_created("acme", loser)
+        )
+        await events.publish(
+            pipeline_event(tpb.TicketCreated(ticket=ticket(t1, survivor, 1)), "acme", t1, 1),
+            pipeline_event(tpb.TicketCreated(ticket=ticket(t2, loser, 1)), "acme", t2, 1),
+            pipeline_event(
+                tpb.TicketSolved(ticket=ticket(t2, loser, 2, "solved"), from_status="open"),
+                "acme",
+                t2,
+                2,
+            ),
+            pipeline_event(
+                tpb.SlaBreached(
+                    clock=tpb.SlaClockRef(
+                        ticket_id=t1,
+                        metric="first_response",
+                        due_at=ts(datetime.now(UTC)),
+                        requester_contact_id=survivor,
+                    )
+                ),
+                "acme",
+                "c1",
+                1,
+            ),
+            pipeline_event(
+                tpb.CsatAnswered(ticket_id=t2, contact_id=loser, score=4, answered_at=ts(T0)),
+                "acme",
+                "s1",
+                1,
+            ),
+            pipeline_event(
+                tpb.NpsAnswered(contact_id=survivor, score=9, category="promoter"),
+                "acme",
+                "n1",
+                1,
+            ),
+        )
+        doc = (
+            await read_360(
+                survivor,
+                until=lambda d: (
+                    d["metrics"].get("nps") is not None and d["metrics"].get("sla_breaches") == 1
+                ),
+            )
+        ).json()
+        assert [t["id"] for t in doc["tickets"]] == [t1]
+        assert doc["tickets"][0]["sla"]["first_response"]["breached"] is True
+        assert doc["metrics"]["open_tickets"] == 1
+        assert doc["metrics"]["sla_breaches_90d"] == 1
+        assert doc["metrics"]["nps"]["category"] == "promoter"
+        await read_360(loser, until=lambda d: d["metrics"].get("last_csat") is not None)
+
+        # Merge: the loser's solved ticket and CSAT answer now belong to the survivor.
+        await events.publish(events.contact_merged("acme", survivor, 2, [loser]))
+        doc = (
+            await read_360(survivor, until=lambda d: d["metrics"].get("last_csat") is not None)
+        ).json()
+        assert doc["metrics"]["last_csat"]["score"] == 4
+        assert {t["id"] for t in doc["tickets"]} == {t1, t2}
+        kinds = await timeline_kinds(client, crm_infra, survivor)
+        assert {"ticket.created", "ticket.solved", "csat.answered", "nps.answered"} <= set(kinds)
+
+        # Erasure: nothing stays attached to the customer.
+        await events.publish(events.contact_erased("acme", survivor, 3))
+
+        async def purged() -> bool:
+            conn = await asyncpg.connect(asyncpg_dsn(db_url))
+            try:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM rm_items WHERE contact_id = $1", uuid.UUID(survivor)
+                )
+            finally:
+                await conn.close()
+            return n == 0
+
+        await wait_for(purged, message="items of the erased customer purged")

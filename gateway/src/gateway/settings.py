@@ -13,6 +13,8 @@ from chassis.settings import ServiceSettings
 DEFAULT_UPSTREAMS = {
     "contacts": "http://127.0.0.1:8001",
     "pipeline": "http://127.0.0.1:8002",
+    "commissions": "http://127.0.0.1:8003",
+    "tickets": "http://127.0.0.1:8004",
 }
 
 

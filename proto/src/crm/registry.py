@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from crm.commissions.v1 import commissions_pb2
 from crm.contacts.v1 import contacts_pb2
 from crm.pipeline.v1 import pipeline_pb2
+from crm.tickets.v1 import tickets_pb2
 
 __all__ = ["EVENT_TYPES", "ce_type_for", "message_type_for", "subject_for"]
 
@@ -57,6 +58,39 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.pipeline.task.reminder_due.v1": pipeline_pb2.TaskReminderDue,
     "crm.pipeline.task.overdue.v1": pipeline_pb2.TaskOverdue,
     "crm.commissions.quota.set.v1": commissions_pb2.QuotaSet,
+    "crm.commissions.plan.changed.v1": commissions_pb2.PlanChanged,
+    "crm.commissions.statement.updated.v1": commissions_pb2.StatementUpdated,
+    "crm.commissions.period.closed.v1": commissions_pb2.PeriodClosed,
+    "crm.commissions.dispute.opened.v1": commissions_pb2.DisputeOpened,
+    "crm.commissions.dispute.resolved.v1": commissions_pb2.DisputeResolved,
+    "crm.commissions.adjustment.booked.v1": commissions_pb2.AdjustmentBooked,
+    "crm.tickets.ticket.created.v1": tickets_pb2.TicketCreated,
+    "crm.tickets.ticket.updated.v1": tickets_pb2.TicketUpdated,
+    "crm.tickets.ticket.status_changed.v1": tickets_pb2.TicketStatusChanged,
+    "crm.tickets.ticket.assigned.v1": tickets_pb2.TicketAssigned,
+    "crm.tickets.ticket.commented.v1": tickets_pb2.TicketCommented,
+    "crm.tickets.ticket.solved.v1": tickets_pb2.TicketSolved,
+    "crm.tickets.ticket.reopened.v1": tickets_pb2.TicketReopened,
+    "crm.tickets.ticket.closed.v1": tickets_pb2.TicketClosed,
+    "crm.tickets.group.created.v1": tickets_pb2.GroupCreated,
+    "crm.tickets.group.updated.v1": tickets_pb2.GroupUpdated,
+    "crm.tickets.group.deleted.v1": tickets_pb2.GroupDeleted,
+    "crm.tickets.business_hours.created.v1": tickets_pb2.BusinessHoursCreated,
+    "crm.tickets.business_hours.updated.v1": tickets_pb2.BusinessHoursUpdated,
+    "crm.tickets.business_hours.deleted.v1": tickets_pb2.BusinessHoursDeleted,
+    "crm.tickets.sla_policy.created.v1": tickets_pb2.SlaPolicyCreated,
+    "crm.tickets.sla_policy.updated.v1": tickets_pb2.SlaPolicyUpdated,
+    "crm.tickets.sla_policy.deleted.v1": tickets_pb2.SlaPolicyDeleted,
+    "crm.tickets.sla.warning.v1": tickets_pb2.SlaWarning,
+    "crm.tickets.sla.breached.v1": tickets_pb2.SlaBreached,
+    "crm.tickets.kb_article.created.v1": tickets_pb2.KbArticleCreated,
+    "crm.tickets.kb_article.updated.v1": tickets_pb2.KbArticleUpdated,
+    "crm.tickets.kb_article.deleted.v1": tickets_pb2.KbArticleDeleted,
+    "crm.tickets.csat_survey.requested.v1": tickets_pb2.CsatRequested,
+    "crm.tickets.csat_survey.answered.v1": tickets_pb2.CsatAnswered,
+    "crm.tickets.nps_survey.created.v1": tickets_pb2.NpsSurveyCreated,
+    "crm.tickets.nps_invitation.invited.v1": tickets_pb2.NpsInvited,
+    "crm.tickets.nps_invitation.answered.v1": tickets_pb2.NpsAnswered,
 }
 """ce-type -> protobuf message class of every event published on NATS."""
 

@@ -361,6 +361,29 @@ async def touch(
     )
 
 
+async def repoint_items(
+    session: AsyncSession, *, tenant: str, from_ids: list[str], to_id: str
+) -> None:
+    """Merge: the items of merged-away customers belong to the survivor (facts such as an
+    answered survey are never re-sent by their producer), then rebuild the survivor."""
+    await session.execute(
+        text("""
+        UPDATE rm_items SET contact_id = CAST(:to AS uuid)
+        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
+    """),
+        {"tenant": tenant, "ids": from_ids, "to": to_id},
+    )
+    await rebuild(session, tenant, [to_id])
+
+
+async def purge_items(session: AsyncSession, *, tenant: str, contact_id: str) -> None:
+    """Deletion or erasure: no item stays attached to the customer."""
+    await session.execute(
+        text("DELETE FROM rm_items WHERE tenant_id = :tenant AND contact_id = CAST(:id AS uuid)"),
+        {"tenant": tenant, "id": contact_id},
+    )
+
+
 async def rebuild(session: AsyncSession, tenant: str, contact_ids: list[str]) -> None:
     """Run every section builder for the customers of `contact_ids` that have items (after
     their documents were created: the items may have arrived first)."""

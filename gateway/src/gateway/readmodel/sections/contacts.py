@@ -178,6 +178,9 @@ async def contact_merged(session: AsyncSession, event: IncomingEvent) -> None:
     )
     if losers:
         await timeline.repoint(session, event.tenant, losers, event.aggregate_id)
+        await document.repoint_items(
+            session, tenant=event.tenant, from_ids=losers, to_id=event.aggregate_id
+        )
         await document.tombstone_many(
             session, tenant=event.tenant, contact_ids=losers, state="merged"
         )
@@ -194,6 +197,7 @@ async def _end_customer(session: AsyncSession, event: IncomingEvent, state: str)
         version=event.version,
     )
     await timeline.purge(session, event.tenant, event.aggregate_id)
+    await document.purge_items(session, tenant=event.tenant, contact_id=event.aggregate_id)
 
 
 @consumer.on("crm.contacts.contact.deleted.v1")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from crm.common.v1 import common_pb2 as crm_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$crm/commissions/v1/commissions.proto\x12\x12\x63rm.commissions.v1\x1a\x1a\x63rm/common/v1/common.proto\"|\n\x05Quota\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12$\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x14.crm.common.v1.Money\x12\x0f\n\x07version\x18\x06 \x01(\x03\"\\\n\x08QuotaSet\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12(\n\x05quota\x18\x02 \x01(\x0b\x32\x19.crm.commissions.v1.Quotab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$crm/commissions/v1/commissions.proto\x12\x12\x63rm.commissions.v1\x1a\x1a\x63rm/common/v1/common.proto\"|\n\x05Quota\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12$\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x14.crm.common.v1.Money\x12\x0f\n\x07version\x18\x06 \x01(\x03\"\\\n\x08QuotaSet\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12(\n\x05quota\x18\x02 \x01(\x0b\x32\x19.crm.commissions.v1.Quota\"\x95\x02\n\tStatement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\x12\x14\n\x0cplan_version\x18\x05 \x01(\x03\x12$\n\x06\x63redit\x18\x06 \x01(\x0b\x32\x14.crm.common.v1.Money\x12#\n\x05quota\x18\x07 \x01(\x0b\x32\x14.crm.common.v1.Money\x12\x12\n\nattainment\x18\x08 \x01(\t\x12$\n\x06payout\x18\t \x01(\x0b\x32\x14.crm.common.v1.Money\x12\x0e\n\x06status\x18\n \x01(\t\x12\x0e\n\x06locked\x18\x0b \x01(\x08\x12\x0f\n\x07version\x18\x0c \x01(\x03\"\x9b\x01\n\x10StatementUpdated\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x30\n\tstatement\x18\x02 \x01(\x0b\x32\x1d.crm.commissions.v1.Statement\x12-\n\x0fprevious_payout\x18\x03 \x01(\x0b\x32\x14.crm.common.v1.Money\"Z\n\x0cPeriodClosed\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x12\n\nstatements\x18\x03 \x01(\x03\"\xb9\x01\n\x07\x44ispute\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cstatement_id\x18\x02 \x01(\t\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x0e\n\x06period\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\nresolution\x18\x08 \x01(\t\x12\x15\n\radjustment_id\x18\t \x01(\t\x12\x0f\n\x07version\x18\n \x01(\x03\"e\n\rDisputeOpened\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12,\n\x07\x64ispute\x18\x02 \x01(\x0b\x32\x1b.crm.commissions.v1.Dispute\"g\n\x0f\x44isputeResolved\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12,\n\x07\x64ispute\x18\x02 \x01(\x0b\x32\x1b.crm.commissions.v1.Dispute\"\xa5\x01\n\nAdjustment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12$\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x14.crm.common.v1.Money\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rorigin_period\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\"n\n\x10\x41\x64justmentBooked\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x32\n\nadjustment\x18\x02 \x01(\x0b\x32\x1e.crm.commissions.v1.Adjustment\"u\n\x0e\x43ommissionPlan\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\"w\n\x0bPlanChanged\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x30\n\x04plan\x18\x02 \x01(\x0b\x32\".crm.commissions.v1.CommissionPlan\x12\x0e\n\x06\x63hange\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,4 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUOTA']._serialized_end=212
   _globals['_QUOTASET']._serialized_start=214
   _globals['_QUOTASET']._serialized_end=306
+  _globals['_STATEMENT']._serialized_start=309
+  _globals['_STATEMENT']._serialized_end=586
+  _globals['_STATEMENTUPDATED']._serialized_start=589
+  _globals['_STATEMENTUPDATED']._serialized_end=744
+  _globals['_PERIODCLOSED']._serialized_start=746
+  _globals['_PERIODCLOSED']._serialized_end=836
+  _globals['_DISPUTE']._serialized_start=839
+  _globals['_DISPUTE']._serialized_end=1024
+  _globals['_DISPUTEOPENED']._serialized_start=1026
+  _globals['_DISPUTEOPENED']._serialized_end=1127
+  _globals['_DISPUTERESOLVED']._serialized_start=1129
+  _globals['_DISPUTERESOLVED']._serialized_end=1232
+  _globals['_ADJUSTMENT']._serialized_start=1235
+  _globals['_ADJUSTMENT']._serialized_end=1400
+  _globals['_ADJUSTMENTBOOKED']._serialized_start=1402
+  _globals['_ADJUSTMENTBOOKED']._serialized_end=1512
+  _globals['_COMMISSIONPLAN']._serialized_start=1514
+  _globals['_COMMISSIONPLAN']._serialized_end=1631
+  _globals['_PLANCHANGED']._serialized_start=1633
+  _globals['_PLANCHANGED']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

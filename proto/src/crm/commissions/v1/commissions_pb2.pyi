@@ -96,3 +96,435 @@ class QuotaSet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuotaSet: _TypeAlias = QuotaSet  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    """Statement is the summary of one user's commission statement for one period (the lines
+    that explain it are served by the API, not carried by events).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    PLAN_VERSION_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    ATTAINMENT_FIELD_NUMBER: _builtins.int
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Statement id (UUID)."""
+    user_id: _builtins.str
+    """User the statement pays."""
+    period: _builtins.str
+    """Period: month "2026-11", quarter "2026-Q4" or year "2026"."""
+    plan_id: _builtins.str
+    """Commission plan (UUID) and the number of its version in force at the period's end."""
+    plan_version: _builtins.int
+    attainment: _builtins.str
+    """Credit / quota as a decimal string with 4 places; empty without a quota."""
+    status: _builtins.str
+    """"draft", "approved" or "paid"."""
+    locked: _builtins.bool
+    """True once the period is closed: later changes become adjustments of an open period."""
+    version: _builtins.int
+    """Version of the statement (equal to EventMeta.version of the event carrying it)."""
+    @_builtins.property
+    def credit(self) -> _common_pb2.Money:
+        """Credit in the plan's currency, rounded half-up to the currency's minor unit."""
+
+    @_builtins.property
+    def quota(self) -> _common_pb2.Money:
+        """Quota of the user for the period; unset when none is set."""
+
+    @_builtins.property
+    def payout(self) -> _common_pb2.Money:
+        """Payout (tiers + spiffs, capped, plus adjustments), rounded half-up to the minor unit."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        period: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        plan_version: _builtins.int = ...,
+        credit: _common_pb2.Money | None = ...,
+        quota: _common_pb2.Money | None = ...,
+        attainment: _builtins.str = ...,
+        payout: _common_pb2.Money | None = ...,
+        status: _builtins.str = ...,
+        locked: _builtins.bool = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "payout", b"payout", "quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attainment", b"attainment", "credit", b"credit", "id", b"id", "locked", b"locked", "payout", b"payout", "period", b"period", "plan_id", b"plan_id", "plan_version", b"plan_version", "quota", b"quota", "status", b"status", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
+class StatementUpdated(_message.Message):
+    """StatementUpdated: a statement was created, recomputed with a different result, approved,
+    paid or locked. Subject crm.commissions.<tenant>.statement.updated,
+    ce-type crm.commissions.statement.updated.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is Statement.id; changed_fields names what changed
+        (e.g. "payout", "status").
+        """
+
+    @_builtins.property
+    def statement(self) -> Global___Statement:
+        """The statement after the change."""
+
+    @_builtins.property
+    def previous_payout(self) -> _common_pb2.Money:
+        """The payout before the change; unset for a new statement."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        statement: Global___Statement | None = ...,
+        previous_payout: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "previous_payout", b"previous_payout", "statement", b"statement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "previous_payout", b"previous_payout", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementUpdated: _TypeAlias = StatementUpdated  # noqa: Y015
+
+@_typing.final
+class PeriodClosed(_message.Message):
+    """PeriodClosed: every statement of a period was locked.
+    Subject crm.commissions.<tenant>.period.closed, ce-type crm.commissions.period.closed.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    STATEMENTS_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """The period closed."""
+    statements: _builtins.int
+    """How many statements it locked."""
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is the period, e.g. "2026-Q4"."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        period: _builtins.str = ...,
+        statements: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "period", b"period", "statements", b"statements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeriodClosed: _TypeAlias = PeriodClosed  # noqa: Y015
+
+@_typing.final
+class Dispute(_message.Message):
+    """Dispute is a rep's challenge of one line of their statement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATEMENT_ID_FIELD_NUMBER: _builtins.int
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    ADJUSTMENT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Dispute id (UUID)."""
+    statement_id: _builtins.str
+    """Statement (UUID) and the id of the disputed line within it, e.g. "deal:<uuid>"."""
+    line_id: _builtins.str
+    user_id: _builtins.str
+    """User who opened it (the statement's user)."""
+    period: _builtins.str
+    """Period of the statement."""
+    reason: _builtins.str
+    """Why the rep disputes the line."""
+    status: _builtins.str
+    """"open", "accepted" or "rejected"."""
+    resolution: _builtins.str
+    """Resolution note of the manager; empty while open."""
+    adjustment_id: _builtins.str
+    """Adjustment (UUID) booked when accepted with an amount; empty otherwise."""
+    version: _builtins.int
+    """Version of the dispute (equal to EventMeta.version of the event carrying it)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        statement_id: _builtins.str = ...,
+        line_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        period: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        status: _builtins.str = ...,
+        resolution: _builtins.str = ...,
+        adjustment_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_id", b"adjustment_id", "id", b"id", "line_id", b"line_id", "period", b"period", "reason", b"reason", "resolution", b"resolution", "statement_id", b"statement_id", "status", b"status", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispute: _TypeAlias = Dispute  # noqa: Y015
+
+@_typing.final
+class DisputeOpened(_message.Message):
+    """DisputeOpened: a rep disputed a statement line.
+    Subject crm.commissions.<tenant>.dispute.opened, ce-type crm.commissions.dispute.opened.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is Dispute.id."""
+
+    @_builtins.property
+    def dispute(self) -> Global___Dispute:
+        """The dispute as opened."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        dispute: Global___Dispute | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeOpened: _TypeAlias = DisputeOpened  # noqa: Y015
+
+@_typing.final
+class DisputeResolved(_message.Message):
+    """DisputeResolved: a manager accepted or rejected a dispute.
+    Subject crm.commissions.<tenant>.dispute.resolved,
+    ce-type crm.commissions.dispute.resolved.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is Dispute.id."""
+
+    @_builtins.property
+    def dispute(self) -> Global___Dispute:
+        """The dispute after resolution."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        dispute: Global___Dispute | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeResolved: _TypeAlias = DisputeResolved  # noqa: Y015
+
+@_typing.final
+class Adjustment(_message.Message):
+    """Adjustment is an amount added to (or, negative, taken from) a statement's payout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ORIGIN_PERIOD_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Adjustment id (UUID)."""
+    user_id: _builtins.str
+    """User and period whose statement it changes."""
+    period: _builtins.str
+    kind: _builtins.str
+    """"manual", "clawback", "correction" or "dispute"."""
+    reason: _builtins.str
+    """Why it was booked."""
+    origin_period: _builtins.str
+    """For a clawback or correction: the closed period whose recomputation it carries."""
+    version: _builtins.int
+    """Version of the adjustment (always 1: adjustments are immutable)."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Signed amount and currency."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        period: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        origin_period: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "id", b"id", "kind", b"kind", "origin_period", b"origin_period", "period", b"period", "reason", b"reason", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Adjustment: _TypeAlias = Adjustment  # noqa: Y015
+
+@_typing.final
+class AdjustmentBooked(_message.Message):
+    """AdjustmentBooked: an adjustment was booked (by hand, by a dispute, or by a change to a
+    closed period). Subject crm.commissions.<tenant>.adjustment.booked,
+    ce-type crm.commissions.adjustment.booked.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    ADJUSTMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is Adjustment.id."""
+
+    @_builtins.property
+    def adjustment(self) -> Global___Adjustment:
+        """The adjustment."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        adjustment: Global___Adjustment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adjustment", b"adjustment", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment", b"adjustment", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustmentBooked: _TypeAlias = AdjustmentBooked  # noqa: Y015
+
+@_typing.final
+class CommissionPlan(_message.Message):
+    """CommissionPlan is the summary of a commission plan (its terms are served by the API)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Plan id (UUID)."""
+    name: _builtins.str
+    """Display name, e.g. "Account Executive 2026"."""
+    period: _builtins.str
+    """"month", "quarter" or "year"."""
+    currency: _builtins.str
+    """ISO 4217 currency of the plan."""
+    latest_version: _builtins.int
+    """Number of the newest plan version (1, 2, ...)."""
+    version: _builtins.int
+    """Version of the plan aggregate (equal to EventMeta.version of the event carrying it)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        period: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        latest_version: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "id", b"id", "latest_version", b"latest_version", "name", b"name", "period", b"period", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommissionPlan: _TypeAlias = CommissionPlan  # noqa: Y015
+
+@_typing.final
+class PlanChanged(_message.Message):
+    """PlanChanged: a plan was created, got a new effective-dated version or a new assignment.
+    Subject crm.commissions.<tenant>.plan.changed, ce-type crm.commissions.plan.changed.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    change: _builtins.str
+    """"created", "version_added" or "assignment_added"."""
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is CommissionPlan.id."""
+
+    @_builtins.property
+    def plan(self) -> Global___CommissionPlan:
+        """The plan after the change."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        plan: Global___CommissionPlan | None = ...,
+        change: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "meta", b"meta", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanChanged: _TypeAlias = PlanChanged  # noqa: Y015

@@ -19,7 +19,7 @@ MEMBERS := libs/chassis proto services/contacts services/pipeline services/ticke
 SRC_DIRS := libs/chassis/src services/contacts/src services/pipeline/src services/tickets/src \
             services/commissions/src services/campaigns/src gateway/src
 
-.PHONY: help install run test lint fmt proto proto-check bench demo token migrate clean
+.PHONY: help install run test lint fmt proto proto-check k8s-validate bench demo token migrate clean
 
 help:
 	@echo "make run | test | lint | fmt | proto | proto-check | bench | demo | token TENANT=acme ROLE=admin | clean"
@@ -49,7 +49,8 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	MYPYPATH=proto/src $(VENV)/bin/mypy $(SRC_DIRS) proto/src/crm/registry.py
+	MYPYPATH=proto/src $(VENV)/bin/mypy $(SRC_DIRS) proto/src/crm/registry.py \
+	    deploy/k8s/validate.py deploy/docker/migrate.py
 	bash scripts/check_deps.sh
 
 fmt: install
@@ -64,6 +65,9 @@ proto-check: install
 	bash scripts/proto.sh lint
 	bash scripts/proto.sh check
 	bash scripts/proto.sh breaking
+
+k8s-validate: install
+	bash scripts/k8s_validate.sh
 
 bench: install
 	$(PY) bench/run.py

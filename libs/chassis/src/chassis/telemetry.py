@@ -4,13 +4,16 @@ and JSON logs carrying trace ids."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
@@ -37,15 +40,34 @@ class _TraceContextFilter(logging.Filter):
         return True
 
 
+def span_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | None:
+    """The OTLP/HTTP exporter when the standard variables ask for one
+    (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, e.g. the
+    collector's `http://otel-collector:4318`), None otherwise (spans stay in process). The
+    exporter reads the other `OTEL_EXPORTER_OTLP_*` variables (headers, timeout) itself."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint and not base:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    if not endpoint:
+        endpoint = base.rstrip("/") + "/v1/traces"  # type: ignore[union-attr]
+    return OTLPSpanExporter(endpoint=endpoint)
+
+
 def setup(service: str, *, log_level: str = "INFO", json_logs: bool = True) -> None:
-    """Configure the tracer provider and logging once per process."""
+    """Configure the tracer provider (sampling from OTEL_TRACES_SAMPLER /
+    OTEL_TRACES_SAMPLER_ARG, export from `span_exporter`) and logging once per process."""
     global _configured
     if _configured:
         return
     _configured = True
-    trace.set_tracer_provider(
-        TracerProvider(resource=Resource.create({"service.name": f"crm-{service}"}))
-    )
+    provider = TracerProvider(resource=Resource.create({"service.name": f"crm-{service}"}))
+    exporter = span_exporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
     handler = logging.StreamHandler(sys.stdout)
     if json_logs:
         handler.setFormatter(

@@ -43,6 +43,7 @@ class TestRateLimiter:
         access = Access(
             _CountingVerifier(),  # type: ignore[arg-type]
             RateLimiter(rate=0.001, burst=1),
+            RateLimiter(rate=0, burst=1),
         )
         with pytest.raises(Unauthorized):
             await access.admit(None)

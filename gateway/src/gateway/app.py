@@ -18,10 +18,14 @@ from chassis.problems import PROBLEM_JSON
 from chassis.settings import load_settings
 from gateway import openapi, proxy
 from gateway.access import Access, RateLimited, RateLimiter
+from gateway.feed import api as feed_api
+from gateway.feed import log as feed_log
 from gateway.readmodel import CONSUMERS
 from gateway.readmodel import api as readmodel_api
 from gateway.routes import ROUTES, routes_for
 from gateway.settings import GatewaySettings
+from gateway.webhooks import api as webhooks_api
+from gateway.webhooks import lifecycle as webhooks_lifecycle
 
 log = logging.getLogger("gateway.app")
 
@@ -75,12 +79,12 @@ def build(settings: GatewaySettings) -> FastAPI:
         title="CRM platform API",
         description="The one HTTP API of the platform: every service behind one gateway, "
         "plus the 360-degree customer view.",
-        routers=[readmodel_api.router, openapi.router],
+        routers=[readmodel_api.router, openapi.router, feed_api.router, webhooks_api.router],
         migrations_dir=MIGRATIONS,
         produces=None,
-        consumers=CONSUMERS,
-        on_startup=[_startup],
-        on_shutdown=[_shutdown],
+        consumers=[*CONSUMERS, *feed_log.CONSUMERS],
+        on_startup=[_startup, webhooks_lifecycle.start],
+        on_shutdown=[_shutdown, webhooks_lifecycle.stop],
         # Idempotency-Key is the upstream's business: it stores the first response.
         idempotency=False,
     )

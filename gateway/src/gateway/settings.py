@@ -54,3 +54,48 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _strip_slash(cls, value: dict[str, str]) -> dict[str, str]:
         return {name: url.rstrip("/") for name, url in value.items()}
+
+    # --- event log, change feed and partner webhooks (gateway.feed, gateway.webhooks) -------
+    # How long the gateway keeps its copy of every event (the change feed and webhook replay
+    # read it); older rows are pruned every `event_log_prune_seconds`.
+    event_log_retention_days: float = 30.0
+    event_log_prune_seconds: float = 3600.0
+    # Largest page of GET /v1/changes.
+    changes_max_limit: int = 1000
+    # Webhook targets on private, loopback, link-local, multicast or reserved addresses are
+    # refused unless this is true. None: allowed in dev and test, refused in prod (CRM_ENV).
+    webhooks_allow_private_targets: bool | None = None
+    # Seconds to wait before retry n (n = 1, 2, ...): at least 3 days in all by default; the
+    # delivery fails and the subscription is disabled when the schedule is exhausted. Each
+    # wait gets +-`webhooks_retry_jitter` (a fraction) of random jitter.
+    # Env: GATEWAY_WEBHOOKS_RETRY_SCHEDULE='[5, 30, 120]'.
+    webhooks_retry_schedule: list[float] = [
+        5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800,
+        43200, 43200, 43200, 43200, 43200, 43200,
+    ]  # fmt: skip
+    webhooks_retry_jitter: float = 0.2
+    # Both secrets sign during this overlap after a rotation (unless the request says).
+    webhooks_rotation_overlap_seconds: float = 86400.0
+    webhooks_connect_timeout: float = 5.0
+    webhooks_timeout: float = 10.0
+    # A claimed (subscription, aggregate) queue is not claimed again for this long.
+    webhooks_lease_seconds: float = 60.0
+    webhooks_poll_seconds: float = 1.0
+    webhooks_batch_size: int = 100
+    # Deliveries sent in a row to one (subscription, aggregate) per claim.
+    webhooks_burst: int = 20
+    webhooks_concurrency: int = 32
+    webhooks_replay_max: int = 100_000
+
+    @field_validator("webhooks_retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @property
+    def webhooks_private_targets_allowed(self) -> bool:
+        if self.webhooks_allow_private_targets is not None:
+            return self.webhooks_allow_private_targets
+        return self.env != "prod"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import subprocess
@@ -360,6 +361,28 @@ async def bench_batch(stack: Stack, total: int) -> dict[str, Any]:
     }
 
 
+# Scenario name -> module (in bench/) with `async def run() -> dict`.
+SERVICE_BENCHES = {
+    "pipeline": "pipeline_bench",
+    "tickets": "tickets_bench",
+    "commissions": "commissions_bench",
+    "campaigns": "campaigns_bench",
+}
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The scalar figures of a service bench (nested details stay in latest.json)."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(
+                {f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)}
+            )
+        elif not isinstance(value, list):
+            out[key] = value
+    return out
+
+
 def verdict(ok: bool) -> str:
     return "meets goal" if ok else "MISSES goal"
 
@@ -370,9 +393,12 @@ async def main() -> int:
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--lag-rate", type=float, default=300)
     parser.add_argument(
-        "--only", default="read,create,lag,batch", help="comma-separated scenarios to run"
+        "--only",
+        default="read,create,lag,batch," + ",".join(SERVICE_BENCHES),
+        help="comma-separated scenarios to run",
     )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="crm-bench-") as tmp:
         stack = Stack(Path(tmp))
         await stack.start()
@@ -380,7 +406,6 @@ async def main() -> int:
             await asyncio.sleep(2)
             memory = {n: stack.rss_mb(n) for n in ("contacts", "gateway")}
             results: dict[str, Any] = {"idle_rss_mb": memory}
-            only = set(args.only.split(","))
             if "read" in only:
                 results["read_360"] = await bench_read(stack, args.duration)
             if "create" in only:
@@ -391,6 +416,12 @@ async def main() -> int:
                 results["batch_upsert"] = await bench_batch(stack, args.batch_rows)
         finally:
             stack.stop()
+    # The services' own benches start their own PostgreSQL and NATS (after the stack stopped,
+    # so they do not compete with it for the two cores).
+    for name, module in SERVICE_BENCHES.items():
+        if name in only:
+            bench = importlib.import_module(module)
+            results[name] = await bench.run()
     r = results
     lines = []
     if "read_360" in r:
@@ -427,6 +458,9 @@ async def main() -> int:
         + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
         + f" (goal <= 120 MB, {verdict(max(memory.values()) <= 120)})"
     )
+    for name in SERVICE_BENCHES:
+        if name in r:
+            lines.append(f"{name}: {json.dumps(summary(r[name]), default=str)}")
     print("\n".join(lines))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

@@ -1,7 +1,8 @@
 """Who sees what, from the sales org (ARCHITECTURE.md: roles come from the JWT, the tree
 from the `teams` and `team_members` tables).
 
-- `admin` sees the tenant (`Scope.all`).
+- `admin` sees the tenant (`Scope.all`), and so do the machine roles `erp_sync` and `service`
+  (sync jobs and other services act for the whole tenant).
 - `sales_manager` sees their own records and those of every member of the teams they manage
   (role `manager` in `team_members`) and of all sub-teams of those teams, recursively.
 - Anyone else (e.g. `sales_rep`) sees their own records only.
@@ -86,8 +87,11 @@ async def members_of(session: AsyncSession, tenant: str, team_ids: list[str]) ->
     return {str(r[0]) for r in rows}
 
 
+TENANT_WIDE = ("admin", "erp_sync", "service")
+
+
 async def scope_of(session: AsyncSession, principal: Principal) -> Scope:
-    if "admin" in principal.roles:
+    if principal.has(*TENANT_WIDE):
         return Scope(principal.tenant, principal.sub, None, frozenset())
     if "sales_manager" in principal.roles:
         teams = await managed_teams(session, principal.tenant, principal.sub)

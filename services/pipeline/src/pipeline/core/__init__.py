@@ -9,8 +9,10 @@ from fastapi import APIRouter
 
 from chassis.app import Hook
 from chassis.consumer import Consumer
+from pipeline.core.api import ROUTERS as _ROUTERS
+from pipeline.core.consumers import consumer
 
-ROUTERS: Sequence[APIRouter] = ()
-CONSUMERS: Sequence[Consumer] = ()
+ROUTERS: Sequence[APIRouter] = tuple(_ROUTERS)
+CONSUMERS: Sequence[Consumer] = (consumer,)
 ON_STARTUP: Sequence[Hook] = ()
 ON_SHUTDOWN: Sequence[Hook] = ()

@@ -1,4 +1,5 @@
-"""Activities, tasks with their durable reminder/overdue scheduler, playbooks."""
+"""Activities, tasks with their durable reminder/overdue scheduler, playbooks, the activities
+report, and the consumer of contacts events for them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from fastapi import APIRouter
 
 from chassis.app import Hook
 from chassis.consumer import Consumer
+from pipeline.engagement.api import ROUTERS as _ROUTERS
+from pipeline.engagement.handlers import consumer
+from pipeline.engagement.timers import start_scheduler, stop_scheduler
 
-ROUTERS: Sequence[APIRouter] = ()
-CONSUMERS: Sequence[Consumer] = ()
-ON_STARTUP: Sequence[Hook] = ()
-ON_SHUTDOWN: Sequence[Hook] = ()
+ROUTERS: Sequence[APIRouter] = _ROUTERS
+CONSUMERS: Sequence[Consumer] = (consumer,)
+ON_STARTUP: Sequence[Hook] = (start_scheduler,)
+ON_SHUTDOWN: Sequence[Hook] = (stop_scheduler,)

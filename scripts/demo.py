@@ -2,7 +2,7 @@
 (`make run`), then print a token for it. Idempotent: it upserts by external id, so running
 it twice changes nothing.
 
-Later services add their domains here (deals, tickets, campaigns...)."""
+The sales and support domains are in demo_domains.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 
 from chassis import devkeys
+
+sys.path.insert(0, str(Path(__file__).parent))
+import demo_domains
 
 GATEWAY = os.environ.get("CRM_GATEWAY_URL", "http://127.0.0.1:8000")
 TENANT = os.environ.get("DEMO_TENANT", "demo")
@@ -202,6 +205,7 @@ async def main() -> int:
 
         company_ids = await asyncio.gather(*(put_company(i) for i in range(COMPANIES)))
         created = updated = failed = 0
+        contact_ids: list[str] = []
         for start in range(0, CONTACTS, 1000):
             items = [
                 contact(i, rng, list(company_ids))
@@ -211,12 +215,17 @@ async def main() -> int:
             r.raise_for_status()
             for item in r.json()["items"]:
                 status = item["status"]
+                if item.get("id"):
+                    contact_ids.append(str(item["id"]))
                 created += status == "created"
                 updated += status == "updated"
                 failed += status == "error"
+        sales = await demo_domains.load_sales(client, rng, contact_ids)
+        support = await demo_domains.load_support(client, rng, contact_ids)
     print(
         f"demo tenant '{TENANT}': {len(company_ids)} companies, {created} contacts created, "
-        f"{updated} updated, {failed} failed",
+        f"{updated} updated, {failed} failed; {sales['deals']} deals ({sales['closed']} closed "
+        f"now), {support['tickets']} tickets",
         file=sys.stderr,
     )
     print(token)

@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
+import campaigns.app as campaigns_app
 import commissions.app as commissions_app
 import contacts.app as contacts_app
 import gateway.app as gateway_app
@@ -49,6 +50,9 @@ SERVICES = (
         commissions_app.build,
     ),
     ServiceDef("tickets", tickets_app.MIGRATIONS, tickets_app.TicketsSettings, tickets_app.build),
+    ServiceDef(
+        "campaigns", campaigns_app.MIGRATIONS, campaigns_app.CampaignsSettings, campaigns_app.build
+    ),
 )
 
 

@@ -259,3 +259,19 @@ class TestPublicRoutes:
             assert refused.status_code == 429
             assert refused.headers["content-type"] == "application/problem+json"
             assert "public" in refused.json()["detail"]
+
+
+class TestNestedRoutes:
+    async def test_contact_scores_and_segments_go_to_campaigns(
+        self, gateway: Any, upstream_url: str, crm_infra: Infra
+    ) -> None:
+        down = f"http://127.0.0.1:{free_port()}"
+        async with gateway(upstreams={"contacts": upstream_url, "campaigns": down}) as c:
+            h = crm_infra.auth()
+            contact = await c.get("/v1/contacts/c-1", headers=h)
+            assert contact.status_code == 200
+            assert contact.json()["path"] == "/v1/contacts/c-1"
+            for view in ("scores", "segments"):
+                r = await c.get(f"/v1/contacts/c-1/{view}", headers=h)
+                assert r.status_code == 502, r.text
+                assert "campaigns" in r.json()["detail"]

@@ -276,3 +276,97 @@ class TestTicketSections:
             return n == 0
 
         await wait_for(purged, message="items of the erased customer purged")
+
+
+class TestCampaignSections:
+    async def test_emails_scores_loyalty_and_sequences(
+        self,
+        client: AsyncClient,
+        events: Any,
+        read_360: Callable[..., Any],
+        new_id: Callable[[], str],
+        crm_infra: Infra,
+    ) -> None:
+        from crm.campaigns.v1 import campaigns_pb2 as cpb
+
+        cid, mail, member, enrollment = new_id(), new_id(), new_id(), new_id()
+        await events.publish(events.contact_created("acme", cid))
+
+        def email(version: int) -> Any:
+            return cpb.Email(
+                id=mail, campaign_id="camp-1", contact_id=cid, subject="Welcome", status="sent",
+                version=version,
+            )  # fmt: skip
+
+        def loyalty(version: int, balance: int, tier: str) -> Any:
+            return cpb.LoyaltyMember(
+                id=member, program_id="prog-1", contact_id=cid, balance=balance, tier=tier,
+                points_365d=balance, version=version,
+            )  # fmt: skip
+
+        await events.publish(
+            pipeline_event(cpb.EmailSent(email=email(1)), "acme", mail, 1),
+            pipeline_event(cpb.EmailOpened(email=email(2), first=True), "acme", mail, 2),
+            pipeline_event(cpb.EmailOpened(email=email(3), first=False), "acme", mail, 3),
+            pipeline_event(
+                cpb.LeadScoreChanged(contact_id=cid, model_id="m1", model="Fit", score="12.5"),
+                "acme",
+                cid,
+                1,
+            ),
+            pipeline_event(
+                cpb.LeadScoreChanged(contact_id=cid, model_id="m2", model="Activity", score="40"),
+                "acme",
+                cid,
+                2,
+            ),
+            pipeline_event(
+                cpb.PointsEarned(
+                    member=loyalty(1, 6000, "Silver"),
+                    entry=cpb.LedgerEntry(kind="earn", points=6000),
+                ),
+                "acme",
+                member,
+                1,
+            ),
+            pipeline_event(
+                cpb.TierChanged(member=loyalty(2, 6000, "Gold"), previous_tier="Silver"),
+                "acme",
+                member,
+                2,
+            ),
+            pipeline_event(
+                cpb.EnrollmentChanged(
+                    change="enrolled",
+                    enrollment=cpb.Enrollment(
+                        id=enrollment, sequence_id="seq-1", contact_id=cid, step=0, status="active"
+                    ),
+                ),
+                "acme",
+                enrollment,
+                1,
+            ),
+        )
+        doc = (
+            await read_360(
+                cid,
+                until=lambda d: (
+                    d["loyalty"] is not None
+                    and d["loyalty"]["tier"] == "Gold"
+                    and d["sequences"]
+                    and len(d["metrics"].get("lead_scores", [])) == 2
+                    and d["campaigns"]
+                    and d["campaigns"][0]["opened"]
+                ),
+            )
+        ).json()
+        assert doc["loyalty"]["balance"] == 6000
+        assert [s["model"] for s in doc["metrics"]["lead_scores"]] == ["Activity", "Fit"]
+        assert doc["metrics"]["email_engagement"] == {"sent": 1, "opened": 1, "clicked": 0}
+        assert doc["campaigns"][0]["clicked"] is False
+        assert doc["sequences"][0]["status"] == "active"
+        kinds = await timeline_kinds(client, crm_infra, cid)
+        assert kinds.count("email.opened") == 1  # only the first open
+        assert {"email.sent", "loyalty.earned", "loyalty.tier_changed", "sequence.enrolled"} <= set(
+            kinds
+        )

@@ -23,6 +23,10 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    # Two views of a contact that the campaigns service computes; listed first so they win
+    # over the contacts prefix (routes are tried in this order).
+    Route("/v1/contacts/{contact_id}/scores", "campaigns"),
+    Route("/v1/contacts/{contact_id}/segments", "campaigns"),
     Route("/v1/contacts", "contacts"),
     Route("/v1/companies", "contacts"),
     Route("/v1/custom-fields", "contacts"),

@@ -15,6 +15,7 @@ DEFAULT_UPSTREAMS = {
     "pipeline": "http://127.0.0.1:8002",
     "commissions": "http://127.0.0.1:8003",
     "tickets": "http://127.0.0.1:8004",
+    "campaigns": "http://127.0.0.1:8005",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from crm.campaigns.v1 import campaigns_pb2
 from crm.commissions.v1 import commissions_pb2
 from crm.contacts.v1 import contacts_pb2
 from crm.pipeline.v1 import pipeline_pb2
@@ -91,6 +92,32 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.tickets.nps_survey.created.v1": tickets_pb2.NpsSurveyCreated,
     "crm.tickets.nps_invitation.invited.v1": tickets_pb2.NpsInvited,
     "crm.tickets.nps_invitation.answered.v1": tickets_pb2.NpsAnswered,
+    "crm.campaigns.segment.changed.v1": campaigns_pb2.SegmentChanged,
+    "crm.campaigns.email_template.changed.v1": campaigns_pb2.EmailTemplateChanged,
+    "crm.campaigns.campaign.changed.v1": campaigns_pb2.CampaignChanged,
+    "crm.campaigns.email.sent.v1": campaigns_pb2.EmailSent,
+    "crm.campaigns.email.delivered.v1": campaigns_pb2.EmailDelivered,
+    "crm.campaigns.email.bounced.v1": campaigns_pb2.EmailBounced,
+    "crm.campaigns.email.opened.v1": campaigns_pb2.EmailOpened,
+    "crm.campaigns.email.clicked.v1": campaigns_pb2.EmailClicked,
+    "crm.campaigns.email.unsubscribed.v1": campaigns_pb2.EmailUnsubscribed,
+    "crm.campaigns.consent.withdrawn.v1": campaigns_pb2.ConsentWithdrawn,
+    "crm.campaigns.lead.qualified.v1": campaigns_pb2.LeadQualified,
+    "crm.campaigns.lead.captured.v1": campaigns_pb2.LeadCaptured,
+    "crm.campaigns.touchpoint.recorded.v1": campaigns_pb2.TouchpointRecorded,
+    "crm.campaigns.scoring_model.changed.v1": campaigns_pb2.ScoringModelChanged,
+    "crm.campaigns.lead_score.changed.v1": campaigns_pb2.LeadScoreChanged,
+    "crm.campaigns.loyalty_program.changed.v1": campaigns_pb2.LoyaltyProgramChanged,
+    "crm.campaigns.loyalty_member.points_earned.v1": campaigns_pb2.PointsEarned,
+    "crm.campaigns.loyalty_member.points_redeemed.v1": campaigns_pb2.PointsRedeemed,
+    "crm.campaigns.loyalty_member.points_reversed.v1": campaigns_pb2.PointsReversed,
+    "crm.campaigns.loyalty_member.points_expired.v1": campaigns_pb2.PointsExpired,
+    "crm.campaigns.loyalty_member.tier_changed.v1": campaigns_pb2.TierChanged,
+    "crm.campaigns.loyalty_member.merged.v1": campaigns_pb2.LoyaltyMemberMerged,
+    "crm.campaigns.sequence.changed.v1": campaigns_pb2.SequenceChanged,
+    "crm.campaigns.enrollment.changed.v1": campaigns_pb2.EnrollmentChanged,
+    "crm.campaigns.sequence_task.requested.v1": campaigns_pb2.SequenceTaskRequested,
+    "crm.campaigns.contact_tag.requested.v1": campaigns_pb2.ContactTagRequested,
 }
 """ce-type -> protobuf message class of every event published on NATS."""
 

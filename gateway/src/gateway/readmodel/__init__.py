@@ -4,6 +4,11 @@ event handlers (one module per producing context under `sections/`), read by `ap
 from __future__ import annotations
 
 from chassis.consumer import Consumer
-from gateway.readmodel.sections import contacts, pipeline, tickets
+from gateway.readmodel.sections import campaigns, contacts, pipeline, tickets
 
-CONSUMERS: list[Consumer] = [contacts.consumer, pipeline.consumer, tickets.consumer]
+CONSUMERS: list[Consumer] = [
+    contacts.consumer,
+    pipeline.consumer,
+    tickets.consumer,
+    campaigns.consumer,
+]

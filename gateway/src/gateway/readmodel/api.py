@@ -63,6 +63,9 @@ class Customer360(BaseModel):
     tickets: list[dict[str, Any]] = Field(default_factory=list)
     campaigns: list[dict[str, Any]] = Field(default_factory=list)
     tasks: list[dict[str, Any]] = Field(default_factory=list, description="Open tasks.")
+    sequences: list[dict[str, Any]] = Field(
+        default_factory=list, description="Nurture sequence enrollments."
+    )
     loyalty: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     as_of: datetime = Field(description="Time of the last event applied to the document.")

@@ -8,7 +8,8 @@ a `pending` row (`doc` NULL) is a customer known from another context's items on
 
 Document shape:
 `{"customer_id", "contact": {...}, "company": {...} | null, "deals": [], "orders": [],
-"tickets": [], "campaigns": [], "tasks": [], "loyalty": null, "metrics": {}, "as_of": "<RFC 3339>",
+"tickets": [], "campaigns": [], "tasks": [], "sequences": [], "loyalty": null,
+"metrics": {}, "as_of": "<RFC 3339>",
 "versions": {"contact": n, "company": m}}`
 """
 
@@ -29,6 +30,7 @@ EMPTY_SECTIONS: dict[str, Any] = {
     "tickets": [],
     "campaigns": [],
     "tasks": [],
+    "sequences": [],
     "loyalty": None,
     "metrics": {},
 }
@@ -269,6 +271,22 @@ async def put_item(
     if contact_id is not None and touched:
         await session.execute(_ENSURE_ROW, {"tenant": tenant, "contact_id": contact_id})
     return touched
+
+
+async def get_item(
+    session: AsyncSession, *, tenant: str, section: str, item_id: str
+) -> dict[str, Any] | None:
+    """The stored item (to carry forward what an event does not repeat)."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT item FROM rm_items WHERE tenant_id = :tenant AND section = :section "
+                "AND item_id = :id"
+            ),
+            {"tenant": tenant, "section": section, "id": item_id},
+        )
+    ).first()
+    return dict(row[0]) if row is not None else None
 
 
 async def drop_item(session: AsyncSession, *, tenant: str, section: str, item_id: str) -> list[str]:

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from chassis.app import ServiceSpec, create_app
 from chassis.settings import load_settings
-from contacts import api
+from contacts import api, handlers
 from contacts.imports import ImportRunner, runner
 from contacts.settings import ContactsSettings
 
@@ -38,6 +38,7 @@ def _spec(settings: ContactsSettings) -> ServiceSpec:
         routers=api.routers,
         migrations_dir=MIGRATIONS,
         produces="contacts",
+        consumers=[handlers.consumer],
         on_startup=[start_imports],
         on_shutdown=[stop_imports],
         body_limits={"/v1/contacts/imports": settings.import_max_bytes + 1024 * 1024},

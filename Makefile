@@ -60,10 +60,12 @@ fmt: install
 proto: install
 	bash scripts/proto.sh gen
 	bash scripts/proto.sh lint
+	$(PY) scripts/asyncapi.py
 
 proto-check: install
 	bash scripts/proto.sh lint
 	bash scripts/proto.sh check
+	$(PY) scripts/asyncapi.py --check
 	bash scripts/proto.sh breaking
 
 k8s-validate: install

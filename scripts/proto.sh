@@ -13,8 +13,9 @@ PY="${PY:-.venv/bin/python}"
 BUF="${BUF:-.venv/bin/buf}"
 PROTO_DIR="proto"
 OUT_DIR="proto/src"
-# Hand-written files in proto/src/crm: never wiped by gen, not compared by check.
-HANDWRITTEN=(__init__.py registry.py)
+# Files in proto/src/crm that protoc does not write (asyncapi.json comes from
+# scripts/asyncapi.py, checked by its --check): never wiped by gen, not compared by check.
+HANDWRITTEN=(__init__.py registry.py asyncapi.json)
 
 die() {
     echo "proto.sh: $*" >&2

@@ -96,3 +96,18 @@ class TestMerge:
         assert schemas["Deal"] == {"properties": {"l": _ref("pipeline_Line")}}
         assert "/v1/other" not in merged["paths"]
         assert own["components"]["schemas"].keys() == {"Money", "Line"}  # input untouched
+
+
+class TestAsyncApi:
+    async def test_every_registered_event_is_documented(self, client: AsyncClient) -> None:
+        from crm.registry import EVENT_TYPES
+
+        r = await client.get("/asyncapi.json")
+        assert r.status_code == 200
+        doc = r.json()
+        assert doc["asyncapi"] == "3.0.0"
+        documented = {m["x-ce-type"] for m in doc["components"]["messages"].values()}
+        assert documented == set(EVENT_TYPES)
+        won = doc["channels"]["pipelineDealWon"]
+        assert won["address"] == "crm.pipeline.{tenant}.deal.won"
+        assert won["summary"].startswith("A deal was won")

@@ -9,12 +9,13 @@ import copy
 import json
 import logging
 import time
+from importlib import resources
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from chassis.problems import BadGateway
 from gateway.routes import Route, owns
@@ -177,6 +178,20 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         openapi_url="/openapi.json",
         title="CRM platform API",
         swagger_ui_parameters={"persistAuthorization": True},
+    )
+
+
+_ASYNCAPI = resources.files("crm").joinpath("asyncapi.json")
+
+
+@router.get("/asyncapi.json", summary="AsyncAPI 3 document of every domain event")
+async def asyncapi_document() -> Response:
+    """Every NATS subject partners can subscribe to, with its CloudEvents headers and the
+    protobuf message of its body (generated from `proto/`)."""
+    return Response(
+        _ASYNCAPI.read_bytes(),
+        media_type="application/json",
+        headers={"Cache-Control": "public, max-age=300"},
     )
 
 

@@ -40,10 +40,18 @@ HEADER_SCHEMA: dict[str, Any] = {
         "CloudEvents 1.0 binary-mode attributes carried as NATS headers, plus NATS and tracing "
         "headers. Other headers may be present: ignore those you do not know."
     ),
-    "required": (
-        "ce-specversion ce-id ce-source ce-type ce-time ce-subject ce-tenant ce-dataschema "
-        "content-type Nats-Msg-Id"
-    ).split(),
+    "required": [
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "ce-subject",
+        "ce-tenant",
+        "ce-dataschema",
+        "content-type",
+        "Nats-Msg-Id",
+    ],
     "properties": {
         "ce-specversion": {"type": "string", "const": "1.0"},
         "ce-id": {"type": "string", "format": "uuid", "description": "Unique event id."},

@@ -15,6 +15,9 @@ ROLE   ?= admin
 SUB    ?= user-1
 TEAMS  ?=
 PYTEST_ARGS ?=
+# Test files run in parallel processes (each with its own PostgreSQL and NATS): the suite
+# waits on I/O far more than it computes.
+TEST_WORKERS ?= 4
 MEMBERS := libs/chassis proto services/contacts services/pipeline services/tickets services/commissions services/campaigns gateway
 SRC_DIRS := libs/chassis/src services/contacts/src services/pipeline/src services/tickets/src \
             services/commissions/src services/campaigns/src gateway/src
@@ -44,7 +47,7 @@ token: install
 	@$(PY) -m chassis.devstack token --tenant "$(TENANT)" --role "$(ROLE)" --sub "$(SUB)" --teams "$(TEAMS)"
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -275,3 +275,52 @@ class TestNestedRoutes:
                 r = await c.get(f"/v1/contacts/c-1/{view}", headers=h)
                 assert r.status_code == 502, r.text
                 assert "campaigns" in r.json()["detail"]
+
+
+class TestHygiene:
+    async def test_request_id_cors_and_gzip(
+        self, gateway: Any, upstream_url: str, crm_infra: Infra
+    ) -> None:
+        async with gateway(
+            upstreams={"contacts": upstream_url}, cors_origins=["https://app.example.com"]
+        ) as c:
+            h = crm_infra.auth()
+            # A request id is made up when missing, kept when sent, forwarded and returned.
+            r = await c.get("/v1/contacts/c-1", headers=h)
+            made = r.headers["x-request-id"]
+            assert len(made) == 36
+            assert r.json()["headers"]["x-request-id"] == made
+            r = await c.get("/v1/contacts/c-1", headers={**h, "X-Request-Id": "req-42"})
+            assert r.headers["x-request-id"] == "req-42"
+            assert r.json()["headers"]["x-request-id"] == "req-42"
+            r = await c.get("/v1/contacts/c-1", headers={**h, "X-Request-Id": "bad id\x7f"})
+            assert r.headers["x-request-id"] != "bad id\x7f"
+
+            # CORS: a preflight from the frontend origin is answered here; others are not.
+            pre = await c.options(
+                "/v1/contacts",
+                headers={
+                    "Origin": "https://app.example.com",
+                    "Access-Control-Request-Method": "PATCH",
+                    "Access-Control-Request-Headers": "authorization,if-match",
+                },
+            )
+            assert pre.status_code == 200
+            assert pre.headers["access-control-allow-origin"] == "https://app.example.com"
+            assert "PATCH" in pre.headers["access-control-allow-methods"]
+            other = await c.options(
+                "/v1/contacts",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+            )
+            assert "access-control-allow-origin" not in other.headers
+            r = await c.get("/v1/contacts/c-1", headers={**h, "Origin": "https://app.example.com"})
+            assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+            assert "ETag" in r.headers["access-control-expose-headers"]
+
+            # gzip for clients that ask, untouched for those that do not.
+            big = await c.get("/v1/companies/big", headers={**h, "Accept-Encoding": "gzip"})
+            assert big.status_code == 200
+            assert big.headers["content-encoding"] == "gzip"
+            assert len(big.content) == 64 * 16384  # httpx decoded it
+            plain = await c.get("/v1/companies/big", headers={**h, "Accept-Encoding": "identity"})
+            assert "content-encoding" not in plain.headers

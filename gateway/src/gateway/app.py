@@ -16,7 +16,7 @@ from starlette.routing import Route as StarletteRoute
 from chassis.app import ServiceSpec, create_app
 from chassis.problems import PROBLEM_JSON
 from chassis.settings import load_settings
-from gateway import openapi, proxy
+from gateway import hygiene, openapi, proxy
 from gateway.access import Access, RateLimited, RateLimiter
 from gateway.feed import api as feed_api
 from gateway.feed import log as feed_log
@@ -103,6 +103,7 @@ def build(settings: GatewaySettings) -> FastAPI:
             app.router.routes.append(
                 StarletteRoute(path, endpoint, methods=_METHODS, include_in_schema=False)
             )
+    hygiene.install(app, settings)
     missing = sorted({r.upstream for r in ROUTES} - set(settings.upstreams))
     if missing:
         log.warning("no upstream configured for %s: their routes are off", ", ".join(missing))

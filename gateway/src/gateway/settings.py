@@ -32,6 +32,12 @@ class GatewaySettings(ServiceSettings):
     # tracking, unsubscribe), which take no JWT. A value <= 0 turns it off.
     public_rate_limit_per_second: float = 5.0
     public_rate_limit_burst: int = 20
+    # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"];
+    # empty: no CORS headers at all. Env: GATEWAY_CORS_ORIGINS='["https://app.example.com"]'.
+    cors_origins: list[str] = []
+    cors_allow_credentials: bool = False
+    # Gzip responses of at least this many bytes when the client accepts it; 0 turns it off.
+    gzip_min_bytes: int = 1024
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
     proxy_write_timeout: float = 30.0

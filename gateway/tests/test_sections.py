@@ -146,6 +146,27 @@ class TestPipelineSections:
         for kind in ("deal.created", "deal.won", "order.paid", "order.upserted", "activity.call"):
             assert kind in kinds
 
+        # types= patterns and since= narrow the timeline.
+        r = await client.get(
+            f"/v1/customers/{cid}/timeline",
+            params={"types": "deal.*,order.paid"},
+            headers=crm_infra.auth(),
+        )
+        picked = [e["kind"] for e in r.json()["items"]]
+        assert set(picked) == {"deal.created", "deal.won", "order.paid"}
+        r = await client.get(
+            f"/v1/customers/{cid}/timeline",
+            params={"types": "deal.*", "since": "2026-11-20T10:02:00Z"},
+            headers=crm_infra.auth(),
+        )
+        assert [e["kind"] for e in r.json()["items"]] == ["deal.won"]
+        r = await client.get(
+            f"/v1/customers/{cid}/timeline",
+            params={"since": "2026-11-20"},
+            headers=crm_infra.auth(),
+        )
+        assert r.status_code == 422
+
     async def test_deal_moves_between_customers_and_is_deleted(
         self,
         events: Any,

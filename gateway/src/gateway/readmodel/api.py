@@ -114,6 +114,12 @@ def fast_routes() -> list[Route]:
     return [Route("/v1/customers/{contact_id}/360", serve_customer_360, methods=["GET"])]
 
 
+def _like(pattern: str) -> str:
+    """A `*` pattern as a LIKE pattern (LIKE's own wildcards taken literally)."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
 class TimelineEntry(BaseModel):
     id: str
     occurred_at: datetime
@@ -139,6 +145,17 @@ async def get_customer_timeline(
         str | None,
         Query(description="Comma-separated kinds to keep, e.g. contact.updated,contact.merged"),
     ] = None,
+    types: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated kind patterns, `*` matching anything, e.g. "
+            "`deal.*,ticket.*,email.opened`",
+            max_length=1000,
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None, Query(description="Only entries at or after this time (RFC 3339).")
+    ] = None,
 ) -> Response:
     """What happened to a customer, newest first (keyset pagination)."""
     cid = _contact_uuid(principal, contact_id)
@@ -154,6 +171,16 @@ async def get_customer_timeline(
     if kind:
         args.append([k.strip() for k in kind.split(",") if k.strip()])
         where += f" AND kind = ANY(${len(args)})"
+    if types:
+        patterns = [_like(t.strip()) for t in types.split(",") if t.strip()]
+        if patterns:
+            args.append(patterns)
+            where += f" AND kind LIKE ANY(${len(args)})"
+    if since is not None:
+        if since.tzinfo is None:
+            raise invalid("since", "give a time zone, e.g. 2026-11-01T00:00:00Z")
+        args.append(since)
+        where += f" AND occurred_at >= ${len(args)}"
     args.append(limit + 1)
     sql = (
         f"SELECT id, occurred_at, kind, summary, data, event_id FROM timeline "

@@ -119,6 +119,16 @@ async def create_fixed_widget(session: SessionDep, principal: PrincipalDep) -> d
     return {"id": "fixed"}
 
 
+@router.post("/v1/widgets/deferred", status_code=201)
+async def create_deferred_clash(session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
+    """Writes two rows that clash on a DEFERRED unique constraint: the statement succeeds and
+    only the COMMIT fails."""
+    await session.execute(
+        text("INSERT INTO deferred_pairs (k) VALUES ('same'), ('same')"),
+    )
+    return {"id": "never"}
+
+
 widget_log = Consumer("widget-log", context="testctx", aggregates=["widget"])
 POISON = "poison"
 
@@ -158,6 +168,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS widgets (tenant_id text, id text, name text, version bigint,
                                     PRIMARY KEY (tenant_id, id));
 CREATE TABLE IF NOT EXISTS widget_log (event_id text, widget_id text, version bigint, name text);
+CREATE TABLE IF NOT EXISTS deferred_pairs (
+    k text, CONSTRAINT deferred_pairs_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED);
 """
 
 

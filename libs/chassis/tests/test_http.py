@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncpg
 from httpx import AsyncClient
 from sqlalchemy import text
 
+from chassis.db import asyncpg_dsn
 from chassis.testing import Infra
 
 PROBLEM = "application/problem+json"
@@ -39,10 +41,6 @@ class TestProblems:
         r = await client.post("/v1/explode", headers=crm_infra.auth())
         assert r.status_code == 500
         assert r.headers["content-type"] == PROBLEM
-        import asyncpg
-
-        from chassis.db import asyncpg_dsn
-
         conn = await asyncpg.connect(asyncpg_dsn(db_url))
         try:
             assert await conn.fetchval("SELECT count(*) FROM widgets WHERE id = 'boom'") == 0
@@ -60,6 +58,20 @@ class TestWriteRaces:
         assert again.status_code == 409
         assert again.headers["content-type"] == PROBLEM
         assert "retry" in again.json()["detail"]
+
+    async def test_a_failing_commit_is_the_response(
+        self, client: AsyncClient, crm_infra: Infra, db_url: str
+    ) -> None:
+        """The commit happens before the response is sent: a write whose COMMIT fails (here a
+        deferred constraint) answers an error, never the 201 of a write that did not land."""
+        r = await client.post("/v1/widgets/deferred", headers=crm_infra.auth())
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"] == PROBLEM
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM deferred_pairs") == 0
+        finally:
+            await conn.close()
 
 
 class TestConcurrency:
@@ -105,10 +117,6 @@ class TestIdempotency:
         assert second.json() == first.json()
         assert second.headers["idempotent-replayed"] == "true"
         assert second.headers["etag"] == first.headers["etag"]
-        import asyncpg
-
-        from chassis.db import asyncpg_dsn
-
         conn = await asyncpg.connect(asyncpg_dsn(db_url))
         try:
             assert await conn.fetchval("SELECT count(*) FROM widgets") == 1

@@ -74,7 +74,8 @@ def get_database(request: Request) -> Database:
 
 
 async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; committed once on success, rolled back on error."""
+    """One session per request; committed once on success (before the response is sent, see
+    `SessionDep`), rolled back on error."""
     db = get_database(request)
     async with db.sessionmaker() as session:
         try:
@@ -85,7 +86,11 @@ async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(session_dependency)]
+# scope="function": commit before the response is sent. FastAPI's default for a dependency
+# with yield ("request") runs the code after `yield` once the response is out, so a client
+# could read its 201 before the commit (and not find what it wrote), or get a 201 for a
+# write whose commit then failed.
+SessionDep = Annotated[AsyncSession, Depends(session_dependency, scope="function")]
 
 
 def session_info(session: AsyncSession) -> dict[str, Any]:

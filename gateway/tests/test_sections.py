@@ -368,11 +368,23 @@ class TestCampaignSections:
                 1,
             ),
         )
+        await events.publish(
+            pipeline_event(
+                cpb.ContactSegmentsChanged(
+                    contact_id=cid,
+                    segments=[cpb.SegmentRef(id="seg-1", name="VIP", type="dynamic")],
+                ),
+                "acme",
+                cid,
+                1,
+            )
+        )
         doc = (
             await read_360(
                 cid,
                 until=lambda d: (
-                    d["loyalty"] is not None
+                    d["segments"]
+                    and d["loyalty"] is not None
                     and d["loyalty"]["tier"] == "Gold"
                     and d["sequences"]
                     and len(d["metrics"].get("lead_scores", [])) == 2
@@ -382,6 +394,7 @@ class TestCampaignSections:
             )
         ).json()
         assert doc["loyalty"]["balance"] == 6000
+        assert doc["segments"] == [{"id": "seg-1", "name": "VIP", "type": "dynamic"}]
         assert [s["model"] for s in doc["metrics"]["lead_scores"]] == ["Activity", "Fit"]
         assert doc["metrics"]["email_engagement"] == {"sent": 1, "opened": 1, "clicked": 0}
         assert doc["campaigns"][0]["clicked"] is False

@@ -93,6 +93,7 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.tickets.nps_invitation.invited.v1": tickets_pb2.NpsInvited,
     "crm.tickets.nps_invitation.answered.v1": tickets_pb2.NpsAnswered,
     "crm.campaigns.segment.changed.v1": campaigns_pb2.SegmentChanged,
+    "crm.campaigns.contact_segments.changed.v1": campaigns_pb2.ContactSegmentsChanged,
     "crm.campaigns.email_template.changed.v1": campaigns_pb2.EmailTemplateChanged,
     "crm.campaigns.campaign.changed.v1": campaigns_pb2.CampaignChanged,
     "crm.campaigns.email.sent.v1": campaigns_pb2.EmailSent,

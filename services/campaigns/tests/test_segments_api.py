@@ -300,3 +300,64 @@ class TestContactSegments:
         assert [s["name"] for s in r.json()] == ["leads"]
         r = await client.get(f"/v1/contacts/{ids['other_tenant']}/segments")
         assert r.status_code == 404
+
+
+class TestPublishedMemberships:
+    async def test_memberships_follow_segments_and_contacts(
+        self, client: AsyncClient, upstream: Any, db: asyncpg.Connection
+    ) -> None:
+        from chassis.testing import wait_for
+        from crm.campaigns.v1 import campaigns_pb2 as cpb
+
+        ids = await seed(upstream)
+
+        async def latest(cid: str) -> list[str] | None:
+            row = await db.fetchrow(
+                "SELECT payload FROM outbox WHERE ce_type = "
+                "'crm.campaigns.contact_segments.changed.v1' AND aggregate_id = $1 "
+                "ORDER BY aggregate_version DESC LIMIT 1",
+                cid,
+            )
+            if row is None:
+                return None
+            msg = cpb.ContactSegmentsChanged()
+            msg.ParseFromString(row["payload"])
+            return [s.name for s in msg.segments]
+
+        # A new segment: a background pass publishes its members.
+        sid = (await client.post("/v1/segments", json={"name": "VIP", "filter": VIP})).json()["id"]
+        await wait_for(lambda: latest(ids["vip_lead"]), message="memberships published")
+        assert await latest(ids["vip_lead"]) == ["VIP"]
+        assert await latest(ids["vip_customer_emea"]) == ["VIP"]
+        assert await latest(ids["vip_customer_us"]) is None
+        assert await latest(ids["plain_lead"]) is None
+
+        # A contact entering the segment is published at once, with its version order.
+        await upstream.contact(cid=ids["plain_lead"], tags=["vip"], lifecycle_stage="lead")
+
+        async def entered() -> bool:
+            return await latest(ids["plain_lead"]) == ["VIP"]
+
+        await wait_for(entered, message="contact entered the segment")
+
+        # Deleting the segment empties every membership.
+        r = await client.get(f"/v1/segments/{sid}")
+        r = await client.delete(f"/v1/segments/{sid}", headers={"If-Match": r.headers["etag"]})
+        assert r.status_code == 204
+
+        async def emptied() -> bool:
+            return all(
+                [
+                    await latest(ids[k]) == []
+                    for k in ("vip_lead", "vip_customer_emea", "plain_lead")
+                ]
+            )
+
+        await wait_for(emptied, message="memberships emptied")
+        versions = await db.fetch(
+            "SELECT aggregate_version FROM outbox WHERE ce_type = "
+            "'crm.campaigns.contact_segments.changed.v1' AND aggregate_id = $1 "
+            "ORDER BY aggregate_version",
+            ids["plain_lead"],
+        )
+        assert [v[0] for v in versions] == list(range(1, len(versions) + 1))

@@ -66,6 +66,9 @@ class Customer360(BaseModel):
     sequences: list[dict[str, Any]] = Field(
         default_factory=list, description="Nurture sequence enrollments."
     )
+    segments: list[dict[str, Any]] = Field(
+        default_factory=list, description="Segments the customer is a member of."
+    )
     loyalty: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     as_of: datetime = Field(description="Time of the last event applied to the document.")

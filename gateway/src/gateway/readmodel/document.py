@@ -8,7 +8,8 @@ a `pending` row (`doc` NULL) is a customer known from another context's items on
 
 Document shape:
 `{"customer_id", "contact": {...}, "company": {...} | null, "deals": [], "orders": [],
-"tickets": [], "campaigns": [], "tasks": [], "sequences": [], "loyalty": null,
+"tickets": [], "campaigns": [], "tasks": [], "sequences": [], "segments": [],
+"loyalty": null,
 "metrics": {}, "as_of": "<RFC 3339>",
 "versions": {"contact": n, "company": m}}`
 """
@@ -31,6 +32,7 @@ EMPTY_SECTIONS: dict[str, Any] = {
     "campaigns": [],
     "tasks": [],
     "sequences": [],
+    "segments": [],
     "loyalty": None,
     "metrics": {},
 }

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from campaigns import (
     campaigns,
     loyalty,
+    memberships,
     pipeline_events,
     replica,
     scoring,
@@ -36,6 +37,9 @@ async def _add_timer_loops(app: FastAPI) -> None:
     found.all["sequences"] = sequences.scheduler(app.state.db, poll)
     found.all["loyalty-expiry"] = loyalty.scheduler(app.state.db, poll)
     found.all["loyalty-tiers"] = loyalty.tier_scheduler(app.state.db, poll)
+    found.all["segment-memberships"] = memberships.scheduler(
+        app.state.db, poll, app.state.settings.segment_refresh_seconds
+    )
 
 
 def _spec() -> ServiceSpec:

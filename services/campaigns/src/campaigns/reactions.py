@@ -16,7 +16,7 @@ from campaigns.common import Row, one
 async def contact_changed(
     session: AsyncSession, tenant: str, contact_id: uuid.UUID, before: Row | None, created: bool
 ) -> None:
-    from campaigns import scoring, sequences, touchpoints
+    from campaigns import memberships, scoring, sequences, touchpoints
 
     contact = await one(
         session,
@@ -35,26 +35,30 @@ async def contact_changed(
         await scoring.apply_event(session, tenant, contact_id, "contact.created")
     await scoring.apply_fields(session, tenant, contact_id)
     await sequences.on_contact_changed(session, tenant, contact, created)
+    await memberships.refresh_contact(session, tenant, contact_id)
 
 
 async def contacts_merged(
     session: AsyncSession, tenant: str, survivor: uuid.UUID, losers: list[uuid.UUID]
 ) -> None:
-    from campaigns import loyalty, scoring, sequences, touchpoints
+    from campaigns import loyalty, memberships, scoring, sequences, touchpoints
 
     await touchpoints.repoint(session, tenant, survivor, losers)
     await scoring.merge(session, tenant, survivor, losers)
     await loyalty.merge(session, tenant, survivor, losers)
     for loser in losers:
         await sequences.exit_contact(session, tenant, loser, "merged")
+        await memberships.contact_gone(session, tenant, loser)
+    await memberships.refresh_contact(session, tenant, survivor)
 
 
 async def contact_gone(
     session: AsyncSession, tenant: str, contact_id: uuid.UUID, reason: str, *, erase: bool
 ) -> None:
-    from campaigns import sequences, touchpoints
+    from campaigns import memberships, sequences, touchpoints
 
     await sequences.exit_contact(session, tenant, contact_id, reason)
+    await memberships.contact_gone(session, tenant, contact_id)
     await session.execute(
         text(
             "UPDATE deliveries SET status = 'skipped', last_error = :r WHERE tenant_id = :t "

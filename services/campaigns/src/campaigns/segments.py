@@ -207,6 +207,9 @@ async def _write(
         {**row, "filter": json.dumps(row["filter"]) if row["filter"] is not None else None},
     )
     assert saved is not None
+    from campaigns import memberships  # imports this module
+
+    await memberships.request_refresh(session, actor.tenant, saved["id"])
     emit(
         session,
         actor,

@@ -32,6 +32,9 @@ class CampaignsSettings(ServiceSettings):
     signing_secret: str = DEV_SIGNING_SECRET
     # How often the schedulers look for due work when nothing woke them.
     scheduler_poll_seconds: float = 5.0
+    # Every dynamic segment is re-evaluated this often (time-based conditions drift without
+    # any write); changes of contacts and segments are applied at once.
+    segment_refresh_seconds: float = 300.0
     # Largest page of segment members.
     max_page_size: int = 500
 

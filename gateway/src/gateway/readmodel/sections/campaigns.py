@@ -13,8 +13,9 @@ membership), "enrollments" (one per sequence enrollment). The document gets:
 - `metrics.lead_scores` ([{model_id, model, score}]) and `metrics.email_engagement`
   ({sent, opened, clicked} over the stored emails).
 
-Segment membership has no events (dynamic segments are evaluated when read): ask the
-campaigns service (`GET /v1/contacts/{id}/segments`).
+- `segments`: the segments the customer is a member of ([{id, name, type}]), from
+  `contact_segments.changed` (the campaigns service re-evaluates them when the contact or a
+  segment changes, and periodically for time-based conditions).
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ from gateway.readmodel.sections.common import datetime_of, occurred, opt, time_o
 consumer = Consumer(
     "customer-360-campaigns",
     context="campaigns",
-    aggregates=["email", "lead_score", "loyalty_member", "enrollment", "touchpoint"],
+    aggregates=[
+        "email",
+        "lead_score",
+        "loyalty_member",
+        "enrollment",
+        "touchpoint",
+        "contact_segments",
+    ],
 )
 
 EMAILS, SCORES, LOYALTY, ENROLLMENTS = "emails", "lead_scores", "loyalty", "enrollments"
+SEGMENTS = "segments"
 RECENT_EMAILS = 10
 
 
@@ -47,7 +56,7 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
         session,
         tenant=tenant,
         contact_ids=contact_ids,
-        sections={EMAILS: None, SCORES: None, LOYALTY: None, ENROLLMENTS: None},
+        sections={EMAILS: None, SCORES: None, LOYALTY: None, ENROLLMENTS: None, SEGMENTS: 1},
     )
     for contact_id, sections in items.items():
         emails = sections.get(EMAILS, [])
@@ -61,6 +70,7 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
                 "campaigns": emails[:RECENT_EMAILS],
                 "loyalty": loyalty,
                 "sequences": sections.get(ENROLLMENTS, []),
+                "segments": (sections.get(SEGMENTS) or [{"segments": []}])[0]["segments"],
             },
             metrics={
                 "lead_scores": sorted(sections.get(SCORES, []), key=lambda s: s["model"]),
@@ -218,6 +228,15 @@ async def enrollment_changed(session: AsyncSession, event: IncomingEvent) -> Non
     if msg.change in ("enrolled", "exited", "completed"):
         entry = (f"sequence.{msg.change}", f"Sequence {msg.change}", {"sequence_id": e.sequence_id})
     await _put(session, event, msg.meta, ENROLLMENTS, e.id, e.contact_id, item, entry)
+
+
+@consumer.on("crm.campaigns.contact_segments.changed.v1")
+async def contact_segments_changed(session: AsyncSession, event: IncomingEvent) -> None:
+    msg = event.parse(pb.ContactSegmentsChanged)
+    item = {
+        "segments": [{"id": s.id, "name": s.name, "type": s.type} for s in msg.segments],
+    }
+    await _put(session, event, msg.meta, SEGMENTS, msg.contact_id, msg.contact_id, item, None)
 
 
 @consumer.on("crm.campaigns.touchpoint.recorded.v1")

@@ -104,6 +104,75 @@ class SegmentChanged(_message.Message):
 Global___SegmentChanged: _TypeAlias = SegmentChanged  # noqa: Y015
 
 @_typing.final
+class SegmentRef(_message.Message):
+    """SegmentRef names a segment a contact is a member of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Segment id (UUID)."""
+    name: _builtins.str
+    """Segment name."""
+    type: _builtins.str
+    """"dynamic" or "static"."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentRef: _TypeAlias = SegmentRef  # noqa: Y015
+
+@_typing.final
+class ContactSegmentsChanged(_message.Message):
+    """ContactSegmentsChanged: the segments a contact is a member of changed (the contact
+    changed, a segment was created, changed or deleted, or a periodic pass found time-based
+    conditions moved). Carries the full list after the change.
+    Subject crm.campaigns.<tenant>.contact_segments.changed,
+    ce-type crm.campaigns.contact_segments.changed.v1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    """Contact id (UUID)."""
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is the contact id."""
+
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentRef]:
+        """Every segment the contact is a member of now, by name."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        contact_id: _builtins.str = ...,
+        segments: _abc.Iterable[Global___SegmentRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "meta", b"meta", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactSegmentsChanged: _TypeAlias = ContactSegmentsChanged  # noqa: Y015
+
+@_typing.final
 class EmailTemplate(_message.Message):
     """EmailTemplate is a Jinja2 (sandboxed) email: subject, HTML and text bodies."""
 

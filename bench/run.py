@@ -70,6 +70,7 @@ class Stack:
             "CRM_JWKS_FILE": str(self.jwt / "jwks.json"),
             "CRM_LOG_LEVEL": "WARNING",
             "GATEWAY_RATE_LIMIT_PER_SECOND": "0",
+            "GATEWAY_TOKEN_RATE_LIMIT_PER_SECOND": "0",
             "GATEWAY_UPSTREAMS": json.dumps(
                 {"contacts": f"http://127.0.0.1:{self.ports['contacts']}"}
             ),

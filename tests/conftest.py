@@ -114,6 +114,7 @@ async def platform(crm_infra: Infra, clean_streams: None) -> AsyncIterator[Platf
                 upstreams=urls,
                 rate_limit_per_second=100_000,
                 rate_limit_burst=100_000,
+                token_rate_limit_per_second=0,
             )
         )
         async with running(gapp):

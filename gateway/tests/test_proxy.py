@@ -203,6 +203,23 @@ class TestAccess:
         r = await gw.get("/v1/contacts", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401
 
+    async def test_one_caller_cannot_spend_the_tenants_budget(
+        self, gateway: Any, crm_infra: Infra
+    ) -> None:
+        async with gateway(token_rate_limit_per_second=0.5, token_rate_limit_burst=2) as c:
+            busy = crm_infra.auth(sub="integration-1")
+            assert [(await c.get("/v1/contacts", headers=busy)).status_code for _ in range(2)] == [
+                200,
+                200,
+            ]
+            r = await c.get("/v1/contacts", headers=busy)
+            assert r.status_code == 429
+            assert "this caller" in r.json()["detail"]
+            # another user of the same tenant is not held back
+            assert (
+                await c.get("/v1/contacts", headers=crm_infra.auth(sub="u-2"))
+            ).status_code == 200
+
     async def test_over_the_rate_limit_is_429(self, gateway: Any, crm_infra: Infra) -> None:
         async with gateway(rate_limit_per_second=0.5, rate_limit_burst=3) as c:
             h = crm_infra.auth()

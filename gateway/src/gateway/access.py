@@ -1,5 +1,6 @@
 """Who may pass the gateway: JWT verification (the chassis `Verifier`, which remembers verified
-tokens until they expire) and the per-tenant token-bucket rate limit."""
+tokens until they expire), then token-bucket rate limits per caller (tenant, subject,
+client) and per tenant; public routes get a bucket per client address instead."""
 
 from __future__ import annotations
 
@@ -78,6 +79,9 @@ class Access:
     limiter: RateLimiter
     # Public routes (no JWT): a bucket per client address, much stricter than a tenant's.
     public_limiter: RateLimiter
+    # A bucket per caller (tenant, subject, client) inside the tenant's: one runaway
+    # integration cannot spend the whole tenant's budget.
+    token_limiter: RateLimiter | None = None
 
     def admit_public(self, client: str) -> Decision | None:
         """Charge the client address's bucket (429) on a public route."""
@@ -91,6 +95,12 @@ class Access:
     async def admit(self, authorization: str | None) -> tuple[Principal, Decision | None]:
         """Verify the caller (401) and charge its tenant's bucket (429)."""
         principal = await self.verifier.verify(bearer(authorization))
+        token = self.token_limiter
+        if token is not None and token.enabled:
+            key = f"{principal.tenant}\x00{principal.sub}\x00{principal.client}"
+            mine = token.take(key)
+            if not mine.allowed:
+                raise RateLimited(mine, "rate limit of this caller exceeded")
         if not self.limiter.enabled:
             return principal, None
         decision = self.limiter.take(principal.tenant)

@@ -41,6 +41,7 @@ async def _startup(app: FastAPI) -> None:
         app.state.verifier,
         RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         RateLimiter(settings.public_rate_limit_per_second, settings.public_rate_limit_burst),
+        RateLimiter(settings.token_rate_limit_per_second, settings.token_rate_limit_burst),
     )
     await proxy.open_clients(app)
     app.state.openapi_cache = openapi.OpenApiCache(

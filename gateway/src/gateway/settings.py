@@ -31,6 +31,9 @@ class GatewaySettings(ServiceSettings):
     # Token bucket per client address on the public routes (/v1/public/...: survey answers,
     # tracking, unsubscribe), which take no JWT. A value <= 0 turns it off.
     public_rate_limit_per_second: float = 5.0
+    # Token bucket per caller (tenant + subject + client) inside the tenant's; <= 0: off.
+    token_rate_limit_per_second: float = 500.0
+    token_rate_limit_burst: int = 1000
     public_rate_limit_burst: int = 20
     # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"];
     # empty: no CORS headers at all. Env: GATEWAY_CORS_ORIGINS='["https://app.example.com"]'.

@@ -259,7 +259,14 @@ class TestOtherSources:
         d1, d2 = did(), did()
         await events.deal_won(d1, "1000.00", "u-a", at("2026-11-02"))
         await events.deal_won(d2, "500.00", "u-a", at("2026-11-03"), currency="EUR")
-        st = await api.wait_statement("u-a", "2026-Q4", payout="100.00")
+
+        # Both events change the statement (the EUR deal only adds an excluded line, not
+        # payout): wait for the second one too.
+        async def both_applied() -> dict[str, Any] | None:
+            st = await api.statement("u-a", "2026-Q4")
+            return st if st and st["payout"] == "100.00" and lines_of(st, "excluded") else None
+
+        st = await wait_for(both_applied, timeout=15, message="both deals in the statement")
         [excluded] = lines_of(st, "excluded")
         assert (excluded["deal_id"], excluded["currency"]) == (d2, "EUR")
         assert st["credit"] == "1000.00"

@@ -88,6 +88,12 @@ class TestPipelineSections:
         assert doc["deals"][0]["stage_name"] == "Qualify"
         assert doc["metrics"]["open_deals"] == 1
         assert doc["metrics"]["lifetime_value"] == []
+        assert doc["versions"] == {"contact": 1}
+        # The contact's later events apply to a document born from a pending row.
+        await events.publish(events.contact_updated("acme", cid, 2, ["first_name"], first_name="A"))
+        r = await read_360(cid, until=lambda d: d["versions"]["contact"] == 2)
+        assert r.json()["contact"]["first_name"] == "A"
+        assert r.json()["deals"][0]["id"] == did
         etag = r.headers["etag"]
 
         won = deal(did, cid, 2, status="won", stage_id="s9", stage_name="Won", closed_at=ts(T0))

@@ -66,7 +66,9 @@ ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     doc = COALESCE(c.doc, EXCLUDED.doc) || jsonb_build_object(
         'contact', EXCLUDED.doc -> 'contact', 'company', EXCLUDED.doc -> 'company',
         'as_of', EXCLUDED.doc -> 'as_of',
-        'versions', (c.doc -> 'versions') - 'company' || (EXCLUDED.doc -> 'versions'))
+        -- c.doc is NULL on a `pending` row: its versions start from nothing
+        'versions', COALESCE(c.doc -> 'versions', '{}'::jsonb) - 'company'
+                    || (EXCLUDED.doc -> 'versions'))
 WHERE c.state IN ('active', 'pending') AND c.contact_version < EXCLUDED.contact_version
 """)
 
@@ -171,7 +173,7 @@ async def embed_company(
         UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
           doc = doc || jsonb_build_object(
             'company', CAST(:company AS jsonb), 'as_of', CAST(:as_of AS text),
-            'versions', (doc -> 'versions') - 'company'
+            'versions', COALESCE(doc -> 'versions', '{}'::jsonb) - 'company'
                         || jsonb_strip_nulls(jsonb_build_object(
                                'company', CAST(:version AS bigint))))
         WHERE tenant_id = :tenant AND company_id = CAST(:company_id AS uuid)

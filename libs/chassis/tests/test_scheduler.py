@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chassis.db import Database, asyncpg_dsn
-from chassis.scheduler import Scheduler
+from chassis.db import Database, asyncpg_dsn, unit_of_work
+from chassis.scheduler import AfterCommit, Scheduler
 from chassis.testing import wait_for
 
 SCHEMA = """
@@ -143,5 +143,49 @@ class TestScheduler:
             assert await conn.fetchval("SELECT count(*) FROM fired") == 2
         finally:
             await scheduler.stop()
+            await db.dispose()
+            await conn.close()
+
+
+class TestAfterCommit:
+    async def test_work_runs_after_the_claim_is_committed(self, db_url: str) -> None:
+        now = datetime.now(UTC)
+        conn = await setup(db_url, [(1, now), (2, now)])
+        db = Database(db_url, pool_size=2)
+        seen: list[int] = []
+
+        async def fire(session: AsyncSession, at: datetime, limit: int) -> int | AfterCommit:
+            claimed = [
+                r[0]
+                for r in await session.execute(
+                    text("UPDATE timers SET fired_at = :at WHERE fired_at IS NULL RETURNING id"),
+                    {"at": at},
+                )
+            ]
+
+            async def work() -> None:
+                # Another connection sees the claim: it was committed before the work.
+                seen.append(
+                    int(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM timers WHERE fired_at IS NOT NULL"
+                        )
+                    )
+                )
+                async with unit_of_work(db) as recording:
+                    await recording.execute(
+                        text("INSERT INTO fired (id, by) SELECT unnest(CAST(:ids AS int[])), 'w'"),
+                        {"ids": claimed},
+                    )
+
+            return AfterCommit(len(claimed), work)
+
+        scheduler = Scheduler("s", db, fire)
+        try:
+            assert await scheduler.run_once() == 2
+            assert seen == [2]
+            assert await conn.fetchval("SELECT count(*) FROM fired WHERE by = 'w'") == 2
+            assert scheduler.fired_total == 2
+        finally:
             await db.dispose()
             await conn.close()

@@ -3,7 +3,8 @@ sends their pending deliveries in order, and records every attempt.
 
 - Claim: a short transaction takes due queues of active subscriptions (`FOR UPDATE SKIP
   LOCKED`, so replicas share the work) and leases them (`next_attempt_at = now + lease`,
-  `lease = lease + 1`), then commits: no transaction stays open while HTTP requests run.
+  `lease = lease + 1`) in the scheduler's transaction, which the chassis commits; sending runs
+  after it (`AfterCommit`), so no transaction stays open while HTTP requests run.
   A replica that dies mid-send loses its lease; the deliveries go out again (at least once).
 - Send: per queue, the oldest pending deliveries one after another (at most
   `webhooks_burst`, within half the lease), stopping at the first failure: a failing
@@ -33,8 +34,8 @@ import httpx
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chassis.db import Database
-from chassis.scheduler import Scheduler
+from chassis.db import Database, unit_of_work
+from chassis.scheduler import AfterCommit, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.webhooks import signing, ssrf
 from gateway.webhooks.fanout import add_waker, remove_waker
@@ -216,14 +217,13 @@ class Dispatcher:
         jitter = self.settings.webhooks_retry_jitter
         return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
 
-    async def fire(self, session: AsyncSession, now: datetime, limit: int) -> int:
+    async def fire(self, session: AsyncSession, now: datetime, limit: int) -> int | AfterCommit:
         lease_until = now + timedelta(seconds=self.settings.webhooks_lease_seconds)
         claimed = (
             await session.execute(
                 text(_CLAIM), {"now": now, "lease_until": lease_until, "limit": limit}
             )
         ).all()
-        await session.commit()  # the lease is taken; no transaction is held while sending
         if not claimed:
             return 0
         claims = {(r[0], r[1]): Claim(r[0], r[1], r[2], r[3]) for r in claimed}
@@ -243,12 +243,19 @@ class Dispatcher:
                 text(_SUBSCRIPTIONS), {"ids": list({k[0] for k in keys})}
             )
         }
-        await session.rollback()
-        results = await asyncio.gather(
-            *(self._send_queue(c, subscriptions.get(c.subscription_id)) for c in claims.values())
-        )
-        await self._record(session, list(claims.values()), results)
-        return len(claims)
+
+        async def send_and_record() -> None:
+            # The chassis has committed the lease; no transaction is open while sending.
+            results = await asyncio.gather(
+                *(
+                    self._send_queue(c, subscriptions.get(c.subscription_id))
+                    for c in claims.values()
+                )
+            )
+            async with unit_of_work(self.db) as recording:
+                await self._record(recording, list(claims.values()), results)
+
+        return AfterCommit(len(claims), send_and_record)
 
     @staticmethod
     def _secrets(row: Any, now: datetime) -> list[str]:

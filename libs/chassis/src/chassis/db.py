@@ -6,6 +6,7 @@ after the handler succeeded, and rolls back on any error.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -68,6 +69,20 @@ async def commit(session: AsyncSession) -> None:
     outbox.committed(session)
 
 
+@contextlib.asynccontextmanager
+async def unit_of_work(db: Database) -> AsyncIterator[AsyncSession]:
+    """A session outside a request (schedulers, background work): committed once by the
+    chassis on success (outbox rows first, relay woken), rolled back on error. Code inside
+    flushes and never commits."""
+    async with db.sessionmaker() as session:
+        try:
+            yield session
+            await commit(session)
+        except BaseException:
+            await session.rollback()
+            raise
+
+
 def get_database(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
@@ -76,14 +91,8 @@ def get_database(request: Request) -> Database:
 async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; committed once on success (before the response is sent, see
     `SessionDep`), rolled back on error."""
-    db = get_database(request)
-    async with db.sessionmaker() as session:
-        try:
-            yield session
-            await commit(session)
-        except BaseException:
-            await session.rollback()
-            raise
+    async with unit_of_work(get_database(request)) as session:
+        yield session
 
 
 # scope="function": commit before the response is sent. FastAPI's default for a dependency

@@ -18,6 +18,12 @@ sleeps until `wake()` (call it after writing a timer that may be due soon) or th
 interval, whichever is first. `next_due` (optional) tells how soon the next timer is due so
 a timer due in 200 ms does not wait for a 5 s poll.
 
+Work that must not hold a transaction open (HTTP calls under a lease, e.g. webhook
+deliveries) returns `AfterCommit(count, work)` from `fire` instead of a count: `fire`
+claims (takes the lease) in the scheduler's transaction, the chassis commits it, then
+`work()` runs with no transaction open and records its results in its own
+`chassis.db.unit_of_work`. The service never commits.
+
 ```python
 async def fire(session: AsyncSession, now: datetime, limit: int) -> int: ...
 async def next_due(session: AsyncSession) -> datetime | None: ...
@@ -35,16 +41,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chassis.db import Database, commit
+from chassis.db import Database, unit_of_work
 from chassis.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-FireFn = Callable[[AsyncSession, datetime, int], Awaitable[int]]
+
+@dataclass(frozen=True)
+class AfterCommit:
+    """What `fire` returns when part of its work must run after the claim is committed."""
+
+    count: int
+    work: Callable[[], Awaitable[None]]
+
+
+FireFn = Callable[[AsyncSession, datetime, int], Awaitable["int | AfterCommit"]]
 NextDueFn = Callable[[AsyncSession], Awaitable[datetime | None]]
 
 
@@ -88,15 +104,13 @@ class Scheduler:
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Fire what is due at `now` (default: the current time) in one transaction."""
-        async with self.db.sessionmaker() as session:
-            try:
-                fired = await self.fire(session, now or datetime.now(UTC), self.batch_size)
-                await commit(session)
-            except BaseException:
-                await session.rollback()
-                raise
-        self.fired_total += fired
-        return fired
+        async with unit_of_work(self.db) as session:
+            result = await self.fire(session, now or datetime.now(UTC), self.batch_size)
+        if isinstance(result, AfterCommit):
+            await result.work()
+            result = result.count
+        self.fired_total += result
+        return result
 
     async def _sleep_seconds(self) -> float:
         if self.next_due is None:

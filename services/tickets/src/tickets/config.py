@@ -155,22 +155,34 @@ async def update_group(
     return row
 
 
+_SOFT_DELETABLE = frozenset({"groups", "business_hours", "sla_policies"})
+
+
+async def _soft_delete(
+    session: AsyncSession, caller: Caller, table: str, row_id: uuid.UUID, event: Any
+) -> None:
+    """Mark a configuration row deleted (version + 1) and publish its deleted event; the
+    caller has locked it and checked If-Match."""
+    assert table in _SOFT_DELETABLE
+    row = await _one(
+        session,
+        f"UPDATE {table} SET deleted_at = :now, updated_at = :now, version = version + 1 "
+        "WHERE tenant_id = :t AND id = :id RETURNING id, version, updated_at",
+        now=_now(),
+        t=caller.tenant,
+        id=row_id,
+    )
+    assert row
+    _emit(caller, session, event, row)
+
+
 async def delete_group(
     session: AsyncSession, caller: Caller, group_id: uuid.UUID, if_match: str | None
 ) -> None:
     caller.require_admin()
     current = await get_group(session, caller.tenant, group_id, lock=True)
     check_if_match(if_match, current["version"])
-    row = await _one(
-        session,
-        "UPDATE groups SET deleted_at = :now, updated_at = :now, version = version + 1 "
-        "WHERE tenant_id = :t AND id = :id RETURNING id, version, updated_at",
-        now=_now(),
-        t=caller.tenant,
-        id=group_id,
-    )
-    assert row
-    _emit(caller, session, pb.GroupDeleted(), row)
+    await _soft_delete(session, caller, "groups", group_id, pb.GroupDeleted())
 
 
 # --- business hours --------------------------------------------------------------------------
@@ -316,16 +328,7 @@ async def delete_business_hours(
     )
     if used:
         raise invalid("id", f"used by SLA policy {used['id']}; change that policy first")
-    row = await _one(
-        session,
-        "UPDATE business_hours SET deleted_at = :now, updated_at = :now, version = version + 1 "
-        "WHERE tenant_id = :t AND id = :id RETURNING id, version, updated_at",
-        now=_now(),
-        t=caller.tenant,
-        id=bh_id,
-    )
-    assert row
-    _emit(caller, session, pb.BusinessHoursDeleted(), row)
+    await _soft_delete(session, caller, "business_hours", bh_id, pb.BusinessHoursDeleted())
 
 
 # --- SLA policies ----------------------------------------------------------------------------
@@ -459,13 +462,4 @@ async def delete_policy(
     caller.require_admin()
     current = await get_policy(session, caller.tenant, policy_id, lock=True)
     check_if_match(if_match, current["version"])
-    row = await _one(
-        session,
-        "UPDATE sla_policies SET deleted_at = :now, updated_at = :now, version = version + 1 "
-        "WHERE tenant_id = :t AND id = :id RETURNING id, version, updated_at",
-        now=_now(),
-        t=caller.tenant,
-        id=policy_id,
-    )
-    assert row
-    _emit(caller, session, pb.SlaPolicyDeleted(), row)
+    await _soft_delete(session, caller, "sla_policies", policy_id, pb.SlaPolicyDeleted())

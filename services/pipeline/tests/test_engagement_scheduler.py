@@ -116,8 +116,8 @@ class TestTimersFire:
         async with timers.app() as client:
             remind, due = soon(500), soon(900)
             t = await timers.task(client, remind_at=remind, due_at=due, priority="high")
-            await asyncio.sleep(0.2)
-            assert await timers.fired() == Counter()
+            # "Not early" is checked on the events' own times below: a wall-clock check here
+            # raced with a slow POST under CI load (the reminder was already legitimately due).
             await timers.wait_fired({(REMINDER, t["id"]): 1, (OVERDUE, t["id"]): 1})
             await settle()
             assert await timers.fired() == Counter({(REMINDER, t["id"]): 1, (OVERDUE, t["id"]): 1})

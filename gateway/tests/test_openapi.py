@@ -97,6 +97,35 @@ class TestMerge:
         assert "/v1/other" not in merged["paths"]
         assert own["components"]["schemas"].keys() == {"Money", "Line"}  # input untouched
 
+    def test_tags_grouped_by_the_service_that_serves_them(self) -> None:
+        own = _doc({}, {"/v1/customers": {"get": {"tags": ["customers"]}}})
+        deals = _doc(
+            {},
+            {
+                "/v1/deals": {"get": {"tags": ["deals"]}, "post": {"tags": ["deals"]}},
+                "/v1/teams": {"get": {"tags": ["sales org"]}},
+                "/v1/internal": {"get": {"tags": ["internal"]}},  # not routed: no group
+            },
+        )
+        tickets = _doc({}, {"/v1/tickets": {"get": {"tags": ["tickets"]}}})
+        routes = [
+            Route("/v1/deals", "pipeline"),
+            Route("/v1/teams", "pipeline"),
+            Route("/v1/tickets", "tickets"),
+        ]
+        merged = merge(own, {"pipeline": deals, "tickets": tickets}, routes)
+        assert merged["x-tagGroups"] == [
+            {"name": "gateway", "tags": ["customers"]},
+            {"name": "pipeline", "tags": ["deals", "sales org"]},
+            {"name": "tickets", "tags": ["tickets"]},
+        ]
+        assert [t["name"] for t in merged["tags"]] == [
+            "customers",
+            "deals",
+            "sales org",
+            "tickets",
+        ]
+
 
 class TestAsyncApi:
     async def test_every_registered_event_is_documented(self, client: AsyncClient) -> None:

@@ -52,6 +52,7 @@ def merge(own: Doc, upstreams: dict[str, Doc], routes: list[Route]) -> Doc:
     paths: dict[str, Any] = merged.setdefault("paths", {})
     components: dict[str, dict[str, Any]] = merged.setdefault("components", {})
     tags: list[dict[str, Any]] = merged.setdefault("tags", [])
+    groups = [{"name": "gateway", "tags": _operation_tags(merged.get("paths", {}))}]
     for service in sorted(upstreams):
         doc = upstreams[service]
         theirs: dict[str, dict[str, Any]] = doc.get("components", {})
@@ -76,12 +77,15 @@ def merge(own: Doc, upstreams: dict[str, Doc], routes: list[Route]) -> Doc:
                 ref = f"#/components/{section}/{name}"
                 target[_prefixed(service, name) if ref in renames else name] = value
         mine_routes = [r for r in routes if r.upstream == service]
+        served: dict[str, Any] = {}
         for path, item in _rewrite_refs(doc.get("paths", {}), renames).items():
             if not any(owns(r, path) for r in mine_routes):
                 continue  # not served through the gateway
             slot = paths.setdefault(path, {})
             for method, operation in item.items():
                 slot.setdefault(method, operation)
+            served[path] = item
+        groups.append({"name": service, "tags": _operation_tags(served)})
         known = {t.get("name") for t in tags}
         tags += [t for t in doc.get("tags", []) if t.get("name") not in known]
     components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
@@ -91,9 +95,25 @@ def merge(own: Doc, upstreams: dict[str, Doc], routes: list[Route]) -> Doc:
         "description": "An access token from the identity provider (RS256/ES256).",
     }
     merged["security"] = [{SECURITY_SCHEME: []}]
+    # Redoc-style grouping: one group per service, listing the tags of its operations, so a
+    # frontend developer sees which service owns which resource.
+    merged["x-tagGroups"] = [g for g in groups if g["tags"]]
+    known = {t.get("name") for t in tags}
+    tags += [{"name": name} for g in groups for name in g["tags"] if name not in known]
     if not tags:
         del merged["tags"]
     return merged
+
+
+def _operation_tags(paths: dict[str, Any]) -> list[str]:
+    """The tags of these operations, in first-seen order."""
+    seen: dict[str, None] = {}
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict):
+                for tag in operation.get("tags", []):
+                    seen.setdefault(tag, None)
+    return list(seen)
 
 
 class OpenApiCache:

@@ -22,10 +22,10 @@ MEMBERS := libs/chassis proto services/contacts services/pipeline services/ticke
 SRC_DIRS := libs/chassis/src services/contacts/src services/pipeline/src services/tickets/src \
             services/commissions/src services/campaigns/src gateway/src
 
-.PHONY: help install run test lint fmt proto proto-check k8s-validate bench demo token migrate clean
+.PHONY: help install run test lint fmt proto proto-check k8s-validate bench load demo token migrate clean
 
 help:
-	@echo "make run | test | lint | fmt | proto | proto-check | bench | demo | token TENANT=acme ROLE=admin | clean"
+	@echo "make run | test | lint | fmt | proto | proto-check | bench | load | demo | token TENANT=acme ROLE=admin | clean"
 
 $(UV):
 	@$(PYTHON) -m venv $(TOOLS)
@@ -76,6 +76,10 @@ k8s-validate: install
 
 bench: install
 	$(PY) bench/run.py
+
+# 10 minutes of mixed traffic against a fresh local stack (LOAD_DURATION=90s for a short run)
+load: install
+	$(PY) load/run.py
 
 demo: install
 	@$(PY) scripts/demo.py

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chassis import telemetry
+from chassis import deadletters, telemetry
 from chassis.auth import KeySet, Verifier
 from chassis.bodylimit import BodyLimitMiddleware
 from chassis.bus import Bus, StreamSpec
 from chassis.consumer import Consumer, ConsumerRunner
 from chassis.db import Database
+from chassis.housekeeping import housekeeper
 from chassis.idempotency import IdempotencyMiddleware
 from chassis.migrations import head_revision
+from chassis.problemdocs import install_problem_docs
 from chassis.problems import install_problem_handlers
 from chassis.relay import Relay
 from chassis.settings import ServiceSettings
@@ -117,7 +120,9 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             relay = Relay(
                 settings.database_url,
                 bus,
-                StreamSpec.for_context(spec.produces, settings.stream_replicas),
+                StreamSpec.for_context(
+                    spec.produces, settings.stream_replicas, settings.stream_max_age_days * 86400
+                ),
                 service=spec.name,
                 batch_size=settings.relay_batch_size,
                 poll_seconds=settings.relay_poll_seconds,
@@ -139,6 +144,19 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         for r in runners:
             r.start()
         app.state.consumers = runners
+        if runners:
+            await deadletters.refresh_gauge(db, spec.name, [c.name for c in spec.consumers])
+        cleaner = None
+        if spec.migrations_dir is not None or spec.produces or spec.consumers:
+            cleaner = housekeeper(
+                db,
+                service=spec.name,
+                outbox_keep=timedelta(hours=settings.outbox_keep_hours),
+                inbox_keep=timedelta(days=settings.stream_max_age_days + 1),
+                every_seconds=settings.housekeeping_seconds,
+            )
+            await cleaner.start()
+        app.state.housekeeper = cleaner
         for hook in spec.on_startup:
             await hook(app)
         try:
@@ -146,6 +164,8 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         finally:
             for hook in spec.on_shutdown:
                 await hook(app)
+            if cleaner is not None:
+                await cleaner.stop()
             for r in runners:
                 await r.stop()
             if relay is not None:
@@ -162,6 +182,7 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         telemetry={"operation_spans": False, "metrics": False},
     )
     install_problem_handlers(app)
+    install_problem_docs(app)
     if spec.idempotency:
         app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
@@ -169,6 +190,8 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     )
     app.add_middleware(_MetricsMiddleware, service=spec.name)
     app.include_router(_ops_router(spec))
+    if spec.consumers:
+        app.include_router(deadletters.router(spec.name))
     for router in spec.routers:
         app.include_router(router)
     return app

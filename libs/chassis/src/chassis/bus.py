@@ -27,10 +27,18 @@ class StreamSpec:
     subjects: list[str]
     replicas: int = 1
     duplicate_window_seconds: float = 600.0
+    max_age_seconds: float = 30 * 86400.0
 
     @classmethod
-    def for_context(cls, context: str, replicas: int = 1) -> StreamSpec:
-        return cls(name=f"CRM_{context.upper()}", subjects=[f"crm.{context}.>"], replicas=replicas)
+    def for_context(
+        cls, context: str, replicas: int = 1, max_age_seconds: float = 30 * 86400.0
+    ) -> StreamSpec:
+        return cls(
+            name=f"CRM_{context.upper()}",
+            subjects=[f"crm.{context}.>"],
+            replicas=replicas,
+            max_age_seconds=max_age_seconds,
+        )
 
 
 class Bus:
@@ -89,18 +97,23 @@ class Bus:
     async def _on_reconnect(self) -> None:
         log.info("NATS reconnected")
 
-    async def ensure_stream(self, spec: StreamSpec) -> None:
+    async def ensure_stream(self, spec: StreamSpec, *, owner: bool = True) -> None:
+        """Create the stream if it is missing; its producer (`owner`) also brings an existing
+        stream's configuration up to date. A consumer only creates it (so it can bind before
+        the producer's first start) and never overwrites the producer's settings."""
         config = StreamConfig(
             name=spec.name,
             subjects=spec.subjects,
             storage=StorageType.FILE,
             num_replicas=spec.replicas,
             duplicate_window=spec.duplicate_window_seconds,
+            max_age=spec.max_age_seconds,
             allow_atomic=True,
         )
         try:
             await self.js.stream_info(spec.name)
-            await self.js.update_stream(config)
+            if owner:
+                await self.js.update_stream(config)
         except NotFoundError:
             await self.js.add_stream(config)
 

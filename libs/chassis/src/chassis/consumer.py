@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -23,7 +24,7 @@ from opentelemetry import context as otel_context
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chassis import outbox, telemetry
+from chassis import deadletters, outbox, telemetry
 from chassis.bus import Bus, StreamSpec
 from chassis.db import Database, commit
 from chassis.events import IncomingEvent, MalformedEvent
@@ -31,8 +32,15 @@ from chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("chassis.consumer")
 
+DEFAULT_ACK_WAIT = 30.0
+# How much longer than the ack wait the last retry of a version gap waits (see _retry_later).
+GAP_GRACE_SECONDS = 5.0
+FAILING_MEMORY_SECONDS = 120.0
+
 Handler = Callable[[AsyncSession, IncomingEvent], Awaitable[None]]
 BatchHandler = Callable[[AsyncSession, list[IncomingEvent]], Awaitable[None]]
+ReplayOutcome = Literal["applied", "skipped", "gap"]
+K = TypeVar("K")  # what identifies a delivery: a NATS message, or the event id on a replay
 
 
 @dataclass
@@ -72,9 +80,10 @@ class Consumer:
 
 
 @dataclass
-class _Outcome:
-    ack: list[Msg] = field(default_factory=list)
-    gap: list[tuple[Msg, str]] = field(default_factory=list)
+class _Outcome(Generic[K]):
+    ack: list[K] = field(default_factory=list)
+    gap: list[tuple[K, str]] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # event ids whose handlers ran
 
 
 class ConsumerRunner:
@@ -96,6 +105,10 @@ class ConsumerRunner:
         self.durable = f"{service}-{consumer.name}"
         self.batch_size = batch_size
         self.max_deliver = max_deliver
+        # the durable's ack wait (read back at subscribe: an existing durable keeps its own)
+        self.ack_wait = DEFAULT_ACK_WAIT
+        # aggregate -> when one of its events last failed in a handler here (see _retry_later)
+        self._failing: dict[tuple[str, str], float] = {}
         self.stream = StreamSpec.for_context(consumer.context, replicas)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -116,21 +129,22 @@ class ConsumerRunner:
 
     async def _subscribe(self) -> Any:
         await self.bus.wait_connected()
-        await self.bus.ensure_stream(self.stream)
+        await self.bus.ensure_stream(self.stream, owner=False)
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             filter_subjects=self.consumer.filter_subjects,
             max_deliver=self.max_deliver,
-            ack_wait=30,
+            ack_wait=DEFAULT_ACK_WAIT,
             max_ack_pending=10_000,
         )
         js = self.bus.js
         try:
-            await js.consumer_info(self.stream.name, self.durable)
+            info = await js.consumer_info(self.stream.name, self.durable)
         except NotFoundError:
-            await js.add_consumer(self.stream.name, config)
+            info = await js.add_consumer(self.stream.name, config)
+        self.ack_wait = info.config.ack_wait or DEFAULT_ACK_WAIT
         return await js.pull_subscribe_bind(self.durable, stream=self.stream.name)
 
     async def _run(self) -> None:
@@ -173,7 +187,7 @@ class ConsumerRunner:
             outcome = await self._apply_in_transaction(events)
         except Exception:
             log.warning("batch of %d failed; retrying one by one", len(events), exc_info=True)
-            outcome = _Outcome()
+            outcome = _Outcome[Msg]()
             for m, ev in events:
                 try:
                     single = await self._apply_in_transaction([(m, ev)])
@@ -185,12 +199,12 @@ class ConsumerRunner:
         for m in outcome.ack:
             await m.ack()
         for m, why in outcome.gap:
-            await self._retry_later(m, why)
+            await self._retry_later(m, why, gap=True)
         telemetry.EVENTS_CONSUMED.labels(self.service, self.consumer.name, "applied").inc(
             len(outcome.ack)
         )
 
-    async def _apply_in_transaction(self, events: list[tuple[Msg, IncomingEvent]]) -> _Outcome:
+    async def _apply_in_transaction(self, events: list[tuple[Msg, IncomingEvent]]) -> _Outcome[Msg]:
         async with self.db.sessionmaker() as session:
             try:
                 outcome = await self._apply(session, events)
@@ -201,9 +215,20 @@ class ConsumerRunner:
                 await session.rollback()
                 raise
 
+    async def replay(self, session: AsyncSession, ev: IncomingEvent) -> tuple[ReplayOutcome, str]:
+        """Run one stored event (a dead letter) through the delivery path, in the caller's
+        transaction: the same inbox dedup, version order and handlers as a delivery, so a
+        replay has an effect at most once however often it is asked for."""
+        outcome = await self._apply(session, [(ev.id, ev)])
+        if outcome.gap:
+            return "gap", outcome.gap[0][1]
+        if outcome.applied:
+            return "applied", f"applied version {ev.version}"
+        return "skipped", "already applied (inbox), or older than the applied version"
+
     async def _apply(
-        self, session: AsyncSession, events: list[tuple[Msg, IncomingEvent]]
-    ) -> _Outcome:
+        self, session: AsyncSession, events: list[tuple[K, IncomingEvent]]
+    ) -> _Outcome[K]:
         name = self.durable
         ids = [ev.id for _, ev in events]
         seen = {
@@ -228,7 +253,7 @@ class ConsumerRunner:
                 {"c": name, "aggs": [k[0] for k in keys], "agg_ids": [k[1] for k in keys]},
             )
         }
-        outcome = _Outcome()
+        outcome = _Outcome[K]()
         run: list[IncomingEvent] = []  # consecutive applicable events of one type
         applied: list[str] = []
         moved: dict[tuple[str, str], int] = {}
@@ -258,6 +283,7 @@ class ConsumerRunner:
                 ),
                 {"c": name, "ids": applied},
             )
+            outcome.applied = applied
         if moved:
             await session.execute(
                 text(
@@ -308,7 +334,7 @@ class ConsumerRunner:
         except Exception:
             return 1
 
-    async def _retry_later(self, m: Msg, why: str) -> None:
+    async def _retry_later(self, m: Msg, why: str, *, gap: bool = False) -> None:
         n = self._deliveries(m)
         if n >= self.max_deliver:
             ev = None
@@ -316,11 +342,53 @@ class ConsumerRunner:
                 ev = IncomingEvent.from_nats(m.subject, m.headers, m.data)
             await self._dead_letter(m, ev, why)
             return
-        await m.nak(delay=min(0.1 * 2**n, 10.0))
+        delay = min(0.1 * 2**n, 10.0)
+        if gap and n == self.max_deliver - 1 and not await self._earlier_failed(m):
+            # The missing version may be in the hands of a consumer process that died or
+            # froze: JetStream hands it out again only after the ack wait. The last try of a
+            # gap waits that out, or the later version is dead-lettered while the earlier one
+            # is merely in flight, and every version after it becomes a gap for good.
+            delay = max(delay, await self._current_ack_wait() + GAP_GRACE_SECONDS)
+        await m.nak(delay=delay)
+
+    async def _earlier_failed(self, m: Msg) -> bool:
+        """An earlier event of the message's aggregate failed in a handler here lately, or is
+        dead-lettered: it is not in flight elsewhere, so waiting longer cannot fill the gap."""
+        try:
+            ev = IncomingEvent.from_nats(m.subject, m.headers, m.data)
+        except MalformedEvent:
+            return False
+        failed_at = self._failing.get((ev.aggregate, ev.aggregate_id))
+        if failed_at is not None and time.monotonic() - failed_at < FAILING_MEMORY_SECONDS:
+            return True
+        async with self.db.sessionmaker() as session:
+            found = await session.execute(
+                text(
+                    "SELECT 1 FROM dead_letters WHERE consumer = :c "
+                    "AND headers->>'ce-tenant' = :t AND headers->>'ce-subject' = :a "
+                    "AND split_part(subject, '.', 2) || '.' || split_part(subject, '.', 4) = :agg "
+                    "LIMIT 1"
+                ),
+                {"c": self.durable, "t": ev.tenant, "a": ev.aggregate_id, "agg": ev.aggregate},
+            )
+            return found.first() is not None
+
+    async def _current_ack_wait(self) -> float:
+        """The durable's ack wait now (an operator may have changed it since we subscribed)."""
+        with contextlib.suppress(Exception):
+            info = await self.bus.js.consumer_info(self.stream.name, self.durable)
+            self.ack_wait = info.config.ack_wait or self.ack_wait
+        return self.ack_wait
 
     async def _failed(self, m: Msg, ev: IncomingEvent, error: str) -> None:
         log.warning("consumer %s: event %s (%s) failed: %s", self.durable, ev.id, ev.type, error)
         telemetry.EVENTS_CONSUMED.labels(self.service, self.consumer.name, "failed").inc()
+        now = time.monotonic()
+        if len(self._failing) > 10_000:
+            self._failing = {
+                k: t for k, t in self._failing.items() if now - t < FAILING_MEMORY_SECONDS
+            }
+        self._failing[(ev.aggregate, ev.aggregate_id)] = now
         await self._retry_later(m, error)
 
     async def _dead_letter(self, m: Msg, ev: IncomingEvent | None, error: str) -> None:
@@ -343,4 +411,5 @@ class ConsumerRunner:
             )
             await session.commit()
         telemetry.EVENTS_CONSUMED.labels(self.service, self.consumer.name, "dead").inc()
+        await deadletters.refresh_gauge(self.db, self.service)
         await m.term()

@@ -9,12 +9,14 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger("chassis.problems")
 
 PROBLEM_JSON = "application/problem+json"
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
 
 
 class ProblemError(Exception):
@@ -149,23 +151,67 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
         "detail": str(exc.detail),
         "instance": request.url.path,
     }
-    return JSONResponse(
-        body,
-        status_code=exc.status_code,
-        media_type=PROBLEM_JSON,
-        headers=getattr(exc, "headers", None),
-    )
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        allow = _allowed_methods(request, (headers or {}).get("Allow", ""))
+        headers = {**(headers or {}), "Allow": allow}
+    return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _is_unique_violation(exc: BaseException) -> bool:
+def _allowed_methods(request: Request, fallback: str) -> str:
+    """Every method the path supports, as documented. Starlette's 405 names only the first
+    route that matched the path, but a resource's GET and PATCH are separate routes
+    (RFC 9110 15.5.6). `fallback` (Starlette's) for a path the document does not list."""
+    path = request.scope["path"]
+    # The most concrete templates win, as in OpenAPI: `/v1/contacts/batch` over
+    # `/v1/contacts/{contact_id}`.
+    matches: dict[int, set[str]] = {}
+    for template, item in request.app.openapi().get("paths", {}).items():
+        regex, _, params = compile_path(template)
+        if regex.match(path):
+            found = matches.setdefault(len(params), set())
+            found |= {m.upper() for m in item if m.upper() in _HTTP_METHODS}
+    methods = matches[min(matches)] if matches else set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) or fallback
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind an error, through SQLAlchemy's and asyncpg's wrappers."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if getattr(current, "sqlstate", None) == "23505":  # asyncpg UniqueViolationError
-            return True
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            return state
         current = getattr(current, "orig", None) or current.__cause__
-    return False
+    return None
+
+
+def _is_unique_violation(exc: BaseException) -> bool:
+    return _sqlstate(exc) == "23505"  # unique_violation
+
+
+# Text PostgreSQL cannot store: NUL characters (22021 character_not_in_repertoire) or
+# characters the database encoding lacks (22P05 untranslatable_character).
+_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
+
+
+async def _data_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Input text PostgreSQL refuses is the client's error (422), not a 500; every string
+    field of every service would otherwise need its own NUL check."""
+    if _sqlstate(exc) not in _UNSTORABLE_TEXT:
+        return await _unhandled(request, exc)
+    body = {
+        "type": "about:blank",
+        "title": "Unprocessable content",
+        "status": 422,
+        "detail": "text must not contain NUL characters",
+        "instance": request.url.path,
+    }
+    return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
 
 async def _integrity_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -201,4 +247,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(IntegrityError, _integrity_handler)
     app.add_exception_handler(asyncpg.exceptions.UniqueViolationError, _integrity_handler)
+    app.add_exception_handler(DBAPIError, _data_handler)
+    app.add_exception_handler(asyncpg.exceptions.DataError, _data_handler)
     app.add_exception_handler(Exception, _unhandled)

@@ -28,6 +28,9 @@ class ServiceSettings(BaseSettings):
     db_pool_size: int = 10
     nats_url: str = "nats://127.0.0.1:4222"
     stream_replicas: int = 1
+    # JetStream keeps events this long (partners replay from it; webhooks replay from the
+    # gateway's copy with the same default); bounded so the file store cannot fill up.
+    stream_max_age_days: float = 30.0
     jwt_issuer: str = "crm-dev"
     jwt_audience: str = "crm"
     jwks_url: str | None = None
@@ -37,6 +40,9 @@ class ServiceSettings(BaseSettings):
     relay_poll_seconds: float = 1.0
     consumer_batch_size: int = 200
     consumer_max_deliver: int = 8
+    # chassis.housekeeping: sent outbox rows kept this long; the pass runs this often
+    outbox_keep_hours: float = 72.0
+    housekeeping_seconds: float = 3600.0
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -32,6 +32,7 @@ SERVICES = {
     "commissions": "commissions",
     "tickets": "tickets",
     "campaigns": "campaigns",
+    "customers": "gateway",
 }
 
 HEADER_SCHEMA: dict[str, Any] = {

@@ -62,7 +62,9 @@ class TestContactLifecycle:
         assert doc["tickets"] == []
         assert doc["campaigns"] == []
         assert doc["loyalty"] is None
-        assert doc["metrics"] == {}
+        # Born with the analytics of "nothing known" (gateway.readmodel.analytics).
+        assert set(doc["metrics"]) == {"rfm", "health", "churn_risk"}
+        assert doc["metrics"]["rfm"]["segment"] is None
         assert doc["versions"] == {"contact": 1}
         assert doc["as_of"] == "2025-01-01T12:00:01Z"
 

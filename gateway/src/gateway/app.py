@@ -1,5 +1,6 @@
 """The gateway: JWT + per-tenant rate limit in front of a streaming proxy to the services,
-one merged OpenAPI, and the 360 read model (consumers + the customer endpoints).
+one merged OpenAPI, and the 360 read model (consumers + the customer endpoints, analytics
+with their own events in the `customers` context).
 
 Run: `uvicorn --factory gateway.app:create`."""
 
@@ -16,12 +17,14 @@ from starlette.routing import Route as StarletteRoute
 from chassis.app import ServiceSpec, create_app
 from chassis.problems import PROBLEM_JSON
 from chassis.settings import load_settings
-from gateway import hygiene, openapi, proxy
+from gateway import admin, hygiene, openapi, proxy
 from gateway.access import Access, RateLimited, RateLimiter
 from gateway.feed import api as feed_api
 from gateway.feed import log as feed_log
 from gateway.readmodel import CONSUMERS
 from gateway.readmodel import api as readmodel_api
+from gateway.readmodel.analytics import api as analytics_api
+from gateway.readmodel.analytics import fullpass
 from gateway.routes import ROUTES, routes_for
 from gateway.settings import GatewaySettings
 from gateway.webhooks import api as webhooks_api
@@ -80,12 +83,19 @@ def build(settings: GatewaySettings) -> FastAPI:
         title="CRM platform API",
         description="The one HTTP API of the platform: every service behind one gateway, "
         "plus the 360-degree customer view.",
-        routers=[readmodel_api.router, openapi.router, feed_api.router, webhooks_api.router],
+        routers=[
+            readmodel_api.router,
+            analytics_api.router,
+            openapi.router,
+            feed_api.router,
+            webhooks_api.router,
+        ],
         migrations_dir=MIGRATIONS,
-        produces=None,
+        # The read model's own events (customer.health_changed, customer.churn_risk_raised).
+        produces="customers",
         consumers=[*CONSUMERS, *feed_log.CONSUMERS],
-        on_startup=[_startup, webhooks_lifecycle.start],
-        on_shutdown=[_shutdown, webhooks_lifecycle.stop],
+        on_startup=[_startup, webhooks_lifecycle.start, fullpass.start],
+        on_shutdown=[_shutdown, webhooks_lifecycle.stop, fullpass.stop],
         # Idempotency-Key is the upstream's business: it stores the first response.
         idempotency=False,
     )
@@ -108,6 +118,7 @@ def build(settings: GatewaySettings) -> FastAPI:
     missing = sorted({r.upstream for r in ROUTES} - set(settings.upstreams))
     if missing:
         log.warning("no upstream configured for %s: their routes are off", ", ".join(missing))
+    admin.install(app)
     return app
 
 

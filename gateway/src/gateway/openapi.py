@@ -25,6 +25,8 @@ log = logging.getLogger("gateway.openapi")
 
 Doc = dict[str, Any]
 SECURITY_SCHEME = "bearerAuth"
+# Overrides the document-wide bearer requirement (`merge`): these are served without a token.
+PUBLIC: dict[str, Any] = {"security": []}
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
@@ -204,7 +206,9 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 _ASYNCAPI = resources.files("crm").joinpath("asyncapi.json")
 
 
-@router.get("/asyncapi.json", summary="AsyncAPI 3 document of every domain event")
+@router.get(
+    "/asyncapi.json", summary="AsyncAPI 3 document of every domain event", openapi_extra=PUBLIC
+)
 async def asyncapi_document() -> Response:
     """Every NATS subject partners can subscribe to, with its CloudEvents headers and the
     protobuf message of its body (generated from `proto/`)."""
@@ -215,7 +219,7 @@ async def asyncapi_document() -> Response:
     )
 
 
-@router.get("/.well-known/jwks.json", summary="Public signing keys (JWKS)")
+@router.get("/.well-known/jwks.json", summary="Public signing keys (JWKS)", openapi_extra=PUBLIC)
 async def jwks(request: Request) -> JSONResponse:
     """The public keys that access tokens are verified with."""
     source: JwksSource = request.app.state.jwks

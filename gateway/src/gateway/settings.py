@@ -53,6 +53,12 @@ class GatewaySettings(ServiceSettings):
     # gc.freeze() once started (see gateway.app); tests that start many apps turn it off.
     gc_freeze_at_startup: bool = True
 
+    # --- customer analytics (gateway.readmodel.analytics) -----------------------------------
+    # Every tenant's RFM breakpoints are recomputed, and every customer rescored, this often.
+    analytics_full_pass_seconds: float = 3600.0
+    # Customers rescored per transaction of the full pass.
+    analytics_batch_size: int = 500
+
     @field_validator("upstreams", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:

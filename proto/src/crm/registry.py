@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from crm.campaigns.v1 import campaigns_pb2
 from crm.commissions.v1 import commissions_pb2
 from crm.contacts.v1 import contacts_pb2
+from crm.customers.v1 import customers_pb2
 from crm.pipeline.v1 import pipeline_pb2
 from crm.tickets.v1 import tickets_pb2
 
@@ -119,6 +120,8 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.campaigns.enrollment.changed.v1": campaigns_pb2.EnrollmentChanged,
     "crm.campaigns.sequence_task.requested.v1": campaigns_pb2.SequenceTaskRequested,
     "crm.campaigns.contact_tag.requested.v1": campaigns_pb2.ContactTagRequested,
+    "crm.customers.customer.health_changed.v1": customers_pb2.HealthChanged,
+    "crm.customers.customer.churn_risk_raised.v1": customers_pb2.ChurnRiskRaised,
 }
 """ce-type -> protobuf message class of every event published on NATS."""
 

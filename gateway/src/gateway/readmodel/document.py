@@ -16,6 +16,7 @@ Document shape:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -48,9 +49,14 @@ def _json(value: Any) -> str:
 
 _UPSERT_CONTACT = text("""
 INSERT INTO customer_360 AS c (tenant_id, contact_id, company_id, owner_id, contact_version,
-                               updated_at, doc)
+                               updated_at, sort_name, search_text, rfm_segment, health_score,
+                               health_band, churn_risk, doc)
 SELECT CAST(:tenant AS text), CAST(:contact_id AS uuid), CAST(:company_id AS uuid),
-       CAST(:owner_id AS text), CAST(:version AS bigint), now(),
+       CAST(:owner_id AS text), CAST(:version AS bigint), now(), lower(CAST(:name AS text)),
+       lower(CAST(:name AS text) || ' ' || COALESCE(CAST(:email AS text), '') || ' '
+             || COALESCE(co.doc ->> 'name', '')),
+       CAST(:rfm_segment AS text), CAST(:health_score AS integer), CAST(:health_band AS text),
+       CAST(:churn_risk AS numeric),
        CAST(:skeleton AS jsonb) || jsonb_build_object(
            'customer_id', CAST(:contact_id AS text), 'contact', CAST(:contact AS jsonb),
            'company', co.doc, 'as_of', CAST(:as_of AS text),
@@ -62,7 +68,12 @@ LEFT JOIN rm_companies co
 ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     company_id = EXCLUDED.company_id, owner_id = EXCLUDED.owner_id,
     contact_version = EXCLUDED.contact_version, updated_at = now(), revision = c.revision + 1,
-    state = 'active',
+    state = 'active', sort_name = EXCLUDED.sort_name, search_text = EXCLUDED.search_text,
+    -- a `pending` row's document is born here, with the metrics of the parameters
+    rfm_segment = CASE WHEN c.doc IS NULL THEN EXCLUDED.rfm_segment ELSE c.rfm_segment END,
+    health_score = CASE WHEN c.doc IS NULL THEN EXCLUDED.health_score ELSE c.health_score END,
+    health_band = CASE WHEN c.doc IS NULL THEN EXCLUDED.health_band ELSE c.health_band END,
+    churn_risk = CASE WHEN c.doc IS NULL THEN EXCLUDED.churn_risk ELSE c.churn_risk END,
     doc = COALESCE(c.doc, EXCLUDED.doc) || jsonb_build_object(
         'contact', EXCLUDED.doc -> 'contact', 'company', EXCLUDED.doc -> 'company',
         'as_of', EXCLUDED.doc -> 'as_of',
@@ -71,6 +82,12 @@ ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
                     || (EXCLUDED.doc -> 'versions'))
 WHERE c.state IN ('active', 'pending') AND c.contact_version < EXCLUDED.contact_version
 """)
+
+
+def skeleton(metrics: dict[str, Any] | None = None) -> str:
+    """The `skeleton` parameter of `contact_params`: what a new document starts with (its
+    `metrics` when given); an existing document keeps its own."""
+    return _json(EMPTY_SECTIONS if metrics is None else {**EMPTY_SECTIONS, "metrics": metrics})
 
 
 def contact_params(
@@ -90,9 +107,31 @@ def contact_params(
         "owner_id": owner_id,
         "version": version,
         "contact": _json(contact),
-        "skeleton": _json(EMPTY_SECTIONS),
+        "skeleton": skeleton(),
         "as_of": rfc3339(as_of),
+        # list columns (migration 0004)
+        "name": f"{contact.get('first_name') or ''} {contact.get('last_name') or ''}".strip(),
+        "email": contact.get("email"),
+        **metric_columns(None),
     }
+
+
+def metric_columns(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The list columns (migration 0004) that mirror `metrics`: written with them."""
+    m = metrics or {}
+    health = m.get("health") or {}
+    return {
+        "rfm_segment": (m.get("rfm") or {}).get("segment"),
+        "health_score": health.get("score"),
+        "health_band": health.get("band"),
+        "churn_risk": (m.get("churn_risk") or {}).get("score") or "0",
+    }
+
+
+def start_with_metrics(params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Make the `contact_params` of a new document start with these metrics."""
+    params["skeleton"] = skeleton(metrics)
+    params.update(metric_columns(metrics))
 
 
 async def upsert_contacts(session: AsyncSession, params: list[dict[str, Any]]) -> None:
@@ -107,6 +146,8 @@ INSERT INTO customer_360 AS c (tenant_id, contact_id, state, contact_version)
 VALUES (:tenant, CAST(:contact_id AS uuid), :state, :version)
 ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     state = EXCLUDED.state, doc = NULL, company_id = NULL, owner_id = NULL,
+    sort_name = NULL, search_text = NULL, rfm_segment = NULL, health_score = NULL,
+    health_band = NULL, churn_risk = 0,
     contact_version = GREATEST(c.contact_version, EXCLUDED.contact_version), updated_at = now(),
     revision = c.revision + 1
 """)
@@ -131,6 +172,8 @@ async def tombstone_many(
         FROM unnest(CAST(:ids AS uuid[])) AS id
         ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
             state = EXCLUDED.state, doc = NULL, company_id = NULL, owner_id = NULL,
+            sort_name = NULL, search_text = NULL, rfm_segment = NULL, health_score = NULL,
+            health_band = NULL, churn_risk = 0,
             updated_at = now(), revision = c.revision + 1
     """),
         {"tenant": tenant, "ids": contact_ids, "state": state},
@@ -171,6 +214,10 @@ async def embed_company(
     await session.execute(
         text("""
         UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
+          search_text = lower(btrim(COALESCE(doc #>> '{contact,first_name}', '') || ' '
+                                    || COALESCE(doc #>> '{contact,last_name}', ''))
+                              || ' ' || COALESCE(doc #>> '{contact,email}', '') || ' '
+                              || COALESCE(CAST(:company AS jsonb) ->> 'name', '')),
           doc = doc || jsonb_build_object(
             'company', CAST(:company AS jsonb), 'as_of', CAST(:as_of AS text),
             'versions', COALESCE(doc -> 'versions', '{}'::jsonb) - 'company'
@@ -207,12 +254,29 @@ async def delete_company(session: AsyncSession, *, tenant: str, company_id: str)
 
 Builder = Callable[[AsyncSession, str, list[str]], Awaitable[None]]
 _BUILDERS: list[Builder] = []
+# Run after the section builders: what is derived from every section (analytics metrics).
+_AFTER_BUILDERS: list[Builder] = []
 
 
 def section_builder(fn: Builder) -> Builder:
     """Register `fn(session, tenant, contact_ids)`, which rewrites its sections of those
-    customers' documents from `rm_items` (see `items_of` and `write_sections`)."""
+    customers' documents from `rm_items` (see `items_of` and `write_sections`). Returns
+    `fn` followed by the after-builders: what a section's handlers call."""
     _BUILDERS.append(fn)
+
+    @functools.wraps(fn)
+    async def build_then_derive(session: AsyncSession, tenant: str, contact_ids: list[str]) -> None:
+        await fn(session, tenant, contact_ids)
+        for after in _AFTER_BUILDERS:
+            await after(session, tenant, contact_ids)
+
+    return build_then_derive
+
+
+def after_builders(fn: Builder) -> Builder:
+    """Register `fn(session, tenant, contact_ids)` to run after a section's builder (and once
+    after all of them in `rebuild`): for values derived from several sections."""
+    _AFTER_BUILDERS.append(fn)
     return fn
 
 
@@ -422,3 +486,5 @@ async def rebuild(session: AsyncSession, tenant: str, contact_ids: list[str]) ->
     if with_items:
         for build in _BUILDERS:
             await build(session, tenant, with_items)
+        for after in _AFTER_BUILDERS:
+            await after(session, tenant, with_items)

@@ -12,6 +12,7 @@ from chassis.events import IncomingEvent
 from crm.common.v1.common_pb2 import EventMeta
 from crm.contacts.v1 import contacts_pb2 as pb
 from gateway.readmodel import document, timeline
+from gateway.readmodel.analytics import metrics
 from gateway.readmodel.sections.common import occurred, opt, time_of, timeline_entry
 from gateway.readmodel.timeline import Entry
 
@@ -103,8 +104,14 @@ async def _apply_contacts(
     it and is applied on its own)."""
     docs: list[dict[str, Any]] = []
     entries: list[tuple[str, str, Entry]] = []
+    starting: dict[str, dict[str, Any]] = {}
 
     async def flush() -> None:
+        # A new document is born with the metrics of "nothing known" (the tenant's weights).
+        for d in docs:
+            if d["tenant"] not in starting:
+                starting[d["tenant"]] = await metrics.empty_metrics(session, d["tenant"])
+            document.start_with_metrics(d, starting[d["tenant"]])
         await document.upsert_contacts(session, docs)
         await timeline.record_many(session, entries)
         # Items of other sections (a deal, a ticket) may have arrived before the contact.

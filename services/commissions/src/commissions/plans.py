@@ -20,6 +20,9 @@ from commissions.events import Emitter
 from commissions.schemas import AssignmentIn, PlanIn
 
 Row = dict[str, Any]
+# Plans and their assignments are compensation data: the sales org reads them; other roles
+# see nothing (a 404, an empty list), as for statements.
+PLAN_READERS = ("admin", "service", "sales_manager", "sales_rep")
 
 
 def validate_plan(body: PlanIn) -> None:
@@ -54,7 +57,7 @@ class PlanService:
             self.caller.tenant,
             plan_id,
         )
-        if row is None:
+        if row is None or not self.caller.principal.has(*PLAN_READERS):
             raise PlanNotFound(plan_id)
         return dict(row)
 
@@ -91,6 +94,8 @@ class PlanService:
         return {**row, "versions": versions}
 
     async def list_all(self, limit: int, cursor: str | None) -> tuple[list[Row], str | None]:
+        if not self.caller.principal.has(*PLAN_READERS):
+            return [], None
         after = decode_cursor(cursor)
         conn = await self._conn()
         rows = await conn.fetch(

@@ -34,12 +34,13 @@ from chassis.infra import free_port
 from chassis.testing import Infra, running, wait_for
 from crm.common.v1.common_pb2 import EventMeta
 from crm.contacts.v1 import contacts_pb2
+from crm.customers.v1.customers_pb2 import WebhookSubscriptionDisabled
 from crm.pipeline.v1 import pipeline_pb2
 from crm.registry import ce_type_for
 from gateway.app import build
 from gateway.settings import GatewaySettings
 from gateway.webhooks import signing, ssrf
-from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.dispatcher import DISABLED, Dispatcher
 
 # --- a partner's receiver ------------------------------------------------------------------
 
@@ -518,6 +519,7 @@ async def test_disabled_when_the_schedule_is_exhausted(
     start_gateway: Callable[..., contextlib.AbstractAsyncContextManager[Gateway]],
     receiver: Receiver,
     publisher: Publisher,
+    db_url: str,
 ) -> None:
     receiver.answer = lambda _e: 503
     receiver.reply_body = b"x" * 4000
@@ -534,6 +536,20 @@ async def test_disabled_when_the_schedule_is_exhausted(
         state = await wait_for(disabled, timeout=15, message="subscription disabled")
         assert state["disabled_at"] is not None
         assert "failed 3 times" in state["disabled_reason"]
+        # and an event says so, once, with the subscription's new version
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        try:
+            rows = await conn.fetch(
+                "SELECT payload FROM outbox WHERE headers->>'ce-type' = $1", DISABLED
+            )
+        finally:
+            await conn.close()
+        assert len(rows) == 1
+        event = WebhookSubscriptionDisabled.FromString(rows[0]["payload"])
+        assert event.subscription_id == sub["id"]
+        assert event.meta.version == state["version"]
+        assert event.url == sub["url"]
+        assert "failed 3 times" in event.reason
         items = await deliveries(gw, sub["id"])
         by_seq = sorted(items, key=lambda i: int(i["id"]))
         assert by_seq[0]["status"] == "failed"

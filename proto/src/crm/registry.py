@@ -122,6 +122,7 @@ EVENT_TYPES: Final[dict[str, type[Message]]] = {
     "crm.campaigns.contact_tag.requested.v1": campaigns_pb2.ContactTagRequested,
     "crm.customers.customer.health_changed.v1": customers_pb2.HealthChanged,
     "crm.customers.customer.churn_risk_raised.v1": customers_pb2.ChurnRiskRaised,
+    "crm.customers.webhook_subscription.disabled.v1": customers_pb2.WebhookSubscriptionDisabled,
 }
 """ce-type -> protobuf message class of every event published on NATS."""
 

@@ -15,7 +15,8 @@ sends their pending deliveries in order, and records every attempt.
   queue re-claimed after an expired lease is not overwritten by the late sender). A failure
   waits `webhooks_retry_schedule[attempt - 1]` (+- jitter); when the schedule is exhausted
   the delivery is `failed` and the subscription is disabled (`disabled_reason`, a warning in
-  the log). Its other pending deliveries wait for it to be re-enabled.
+  the log, and the event `crm.customers.webhook_subscription.disabled.v1` in the same
+  transaction). Its other pending deliveries wait for it to be re-enabled.
 """
 
 from __future__ import annotations
@@ -31,16 +32,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis import outbox
 from chassis.db import Database, unit_of_work
+from chassis.events import OutgoingEvent
 from chassis.scheduler import AfterCommit, Scheduler
+from crm.common.v1.common_pb2 import EventMeta
+from crm.customers.v1.customers_pb2 import WebhookSubscriptionDisabled
 from gateway.settings import GatewaySettings
 from gateway.webhooks import signing, ssrf
 from gateway.webhooks.fanout import add_waker, remove_waker
 
 log = logging.getLogger("gateway.webhooks")
+
+DISABLED = "crm.customers.webhook_subscription.disabled.v1"
 
 EXCERPT_BYTES = 1024
 USER_AGENT = "crm-webhooks/1.0"
@@ -115,7 +123,7 @@ UPDATE webhook_subscriptions
 SET active = false, disabled_at = :now, disabled_reason = :reason, version = version + 1,
     updated_at = :now
 WHERE id = :id AND active
-RETURNING tenant_id, url
+RETURNING tenant_id, url, version
 """
 
 _NEXT_DUE = """
@@ -123,6 +131,36 @@ SELECT q.next_attempt_at FROM webhook_queues q
 JOIN webhook_subscriptions s ON s.id = q.subscription_id AND s.active
 ORDER BY q.next_attempt_at LIMIT 1
 """
+
+
+def disabled_event(
+    subscription_id: str, tenant: str, url: str, version: int, reason: str, now: datetime
+) -> OutgoingEvent:
+    """The event that tells the tenant (and its partners) a subscription was switched off."""
+    at = Timestamp()
+    at.FromDatetime(now)
+    msg = WebhookSubscriptionDisabled(
+        meta=EventMeta(
+            tenant_id=tenant,
+            aggregate_id=subscription_id,
+            version=version,
+            actor="gateway",
+            origin="webhooks",
+            occurred_at=at,
+        ),
+        subscription_id=subscription_id,
+        url=url,
+        reason=reason,
+        disabled_at=at,
+    )
+    return OutgoingEvent(
+        message=msg,
+        ce_type=DISABLED,
+        tenant=tenant,
+        aggregate_id=subscription_id,
+        version=version,
+        source="crm/gateway",
+    )
 
 
 @dataclass
@@ -410,4 +448,10 @@ class Dispatcher:
                     row.tenant_id,
                     row.url,
                     reason,
+                )
+                outbox.add(
+                    session,
+                    disabled_event(
+                        str(claim.subscription_id), row.tenant_id, row.url, row.version, reason, now
+                    ),
                 )

@@ -24,21 +24,24 @@ _sym_db = _symbol_database.Default()
 
 from crm.common.v1 import common_pb2 as crm_dot_common_dot_v1_dot_common__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n crm/customers/v1/customers.proto\x12\x10\x63rm.customers.v1\x1a\x1a\x63rm/common/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"i\n\x0cHealthSignal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x04 \x01(\x01\";\n\x0b\x43hurnReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xd8\x01\n\rHealthChanged\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x11\n\told_score\x18\x04 \x01(\x05\x12\x10\n\x08old_band\x18\x05 \x01(\t\x12\x11\n\tnew_score\x18\x06 \x01(\x05\x12\x10\n\x08new_band\x18\x07 \x01(\t\x12/\n\x07signals\x18\x08 \x03(\x0b\x32\x1e.crm.customers.v1.HealthSignal\"\xc8\x01\n\x0f\x43hurnRiskRaised\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x11\n\told_score\x18\x04 \x01(\t\x12\x11\n\tnew_score\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\t\x12.\n\x07reasons\x18\x07 \x03(\x0b\x32\x1d.crm.customers.v1.ChurnReasonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n crm/customers/v1/customers.proto\x12\x10\x63rm.customers.v1\x1a\x1a\x63rm/common/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x0cHealthSignal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x04 \x01(\x01\";\n\x0b\x43hurnReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xd8\x01\n\rHealthChanged\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x11\n\told_score\x18\x04 \x01(\x05\x12\x10\n\x08old_band\x18\x05 \x01(\t\x12\x11\n\tnew_score\x18\x06 \x01(\x05\x12\x10\n\x08new_band\x18\x07 \x01(\t\x12/\n\x07signals\x18\x08 \x03(\x0b\x32\x1e.crm.customers.v1.HealthSignal\"\xc8\x01\n\x0f\x43hurnRiskRaised\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x11\n\told_score\x18\x04 \x01(\t\x12\x11\n\tnew_score\x18\x05 \x01(\t\x12\x11\n\tthreshold\x18\x06 \x01(\t\x12.\n\x07reasons\x18\x07 \x03(\x0b\x32\x1d.crm.customers.v1.ChurnReason\"\xac\x01\n\x1bWebhookSubscriptionDisabled\x12&\n\x04meta\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.EventMeta\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x64isabled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.customers.v1.customers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEALTHSIGNAL']._serialized_start=112
-  _globals['_HEALTHSIGNAL']._serialized_end=217
-  _globals['_CHURNREASON']._serialized_start=219
-  _globals['_CHURNREASON']._serialized_end=278
-  _globals['_HEALTHCHANGED']._serialized_start=281
-  _globals['_HEALTHCHANGED']._serialized_end=497
-  _globals['_CHURNRISKRAISED']._serialized_start=500
-  _globals['_CHURNRISKRAISED']._serialized_end=700
+  _globals['_HEALTHSIGNAL']._serialized_start=145
+  _globals['_HEALTHSIGNAL']._serialized_end=250
+  _globals['_CHURNREASON']._serialized_start=252
+  _globals['_CHURNREASON']._serialized_end=311
+  _globals['_HEALTHCHANGED']._serialized_start=314
+  _globals['_HEALTHCHANGED']._serialized_end=530
+  _globals['_CHURNRISKRAISED']._serialized_start=533
+  _globals['_CHURNRISKRAISED']._serialized_end=733
+  _globals['_WEBHOOKSUBSCRIPTIONDISABLED']._serialized_start=736
+  _globals['_WEBHOOKSUBSCRIPTIONDISABLED']._serialized_end=908
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,7 @@ from crm.common.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -198,3 +199,50 @@ class ChurnRiskRaised(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChurnRiskRaised: _TypeAlias = ChurnRiskRaised  # noqa: Y015
+
+@_typing.final
+class WebhookSubscriptionDisabled(_message.Message):
+    """WebhookSubscriptionDisabled: a partner webhook subscription was switched off by the gateway
+    after a delivery failed through its whole retry schedule (at least 3 days). Its pending
+    deliveries wait; PATCH {"active": true} re-enables it. Published in the gateway's context
+    (`customers`) with aggregate "webhook_subscription", whose id is the subscription id and
+    whose version is the subscription's version after the change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DISABLED_AT_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Subscription (UUID)."""
+    url: _builtins.str
+    """The endpoint URL deliveries were sent to."""
+    reason: _builtins.str
+    """Why: the failing delivery's last status or error and how often it was tried."""
+    @_builtins.property
+    def meta(self) -> _common_pb2.EventMeta:
+        """Event metadata; aggregate_id is the subscription id."""
+
+    @_builtins.property
+    def disabled_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway disabled it."""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.EventMeta | None = ...,
+        subscription_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        disabled_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disabled_at", b"disabled_at", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled_at", b"disabled_at", "meta", b"meta", "reason", b"reason", "subscription_id", b"subscription_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookSubscriptionDisabled: _TypeAlias = WebhookSubscriptionDisabled  # noqa: Y015

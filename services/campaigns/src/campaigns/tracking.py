@@ -144,7 +144,11 @@ async def unsubscribe(session: AsyncSession, link: Link) -> bool:
 router = APIRouter(prefix="/v1/public", tags=["public"])
 
 
-@router.get("/t/o/{token}", include_in_schema=True)
+@router.get(
+    "/t/o/{token}",
+    response_class=Response,
+    responses={200: {"content": {"image/gif": {}}, "description": "A 1x1 GIF"}},
+)
 async def open_pixel(token: str, session: SessionDep, tokens: TokensDep) -> Response:
     """Open tracking pixel (a 1x1 GIF); an unknown token still gets the GIF."""
     try:

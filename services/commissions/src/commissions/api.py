@@ -142,7 +142,11 @@ async def list_quotas(
     return {"items": items, "next_cursor": nxt}
 
 
-@quotas_router.put("/teams/{team_id}/{period}", response_model=QuotaOut)
+@quotas_router.put(
+    "/teams/{team_id}/{period}",
+    response_model=QuotaOut,
+    responses={201: {"model": QuotaOut, "description": "Created"}},
+)
 async def set_team_quota(
     team_id: str, period: str, body: QuotaIn, svc: Quotas, response: Response,
     if_match: IfMatch = None,
@@ -159,7 +163,11 @@ async def get_team_quota(team_id: str, period: str, svc: Quotas, response: Respo
     return _etag(response, await svc.get("team", team_uuid(team_id), period))
 
 
-@quotas_router.put("/{user_id}/{period}", response_model=QuotaOut)
+@quotas_router.put(
+    "/{user_id}/{period}",
+    response_model=QuotaOut,
+    responses={201: {"model": QuotaOut, "description": "Created"}},
+)
 async def set_user_quota(
     user_id: str, period: str, body: QuotaIn, svc: Quotas, response: Response,
     if_match: IfMatch = None,

@@ -197,7 +197,11 @@ async def get_import(job_id: uuid.UUID, svc: Imports) -> ImportJobPublic:
     return ImportJobPublic.model_validate(await svc.get(job_id))
 
 
-@contacts_router.put("/by-external-id/{system}/{external_id}", response_model=ContactPublic)
+@contacts_router.put(
+    "/by-external-id/{system}/{external_id}",
+    response_model=ContactPublic,
+    responses={201: {"model": ContactPublic, "description": "Created"}},
+)
 async def upsert_contact(
     system: str,
     external_id: str,
@@ -310,7 +314,11 @@ async def list_companies(
     return Page(items=[company_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@companies_router.put("/by-external-id/{system}/{external_id}", response_model=CompanyPublic)
+@companies_router.put(
+    "/by-external-id/{system}/{external_id}",
+    response_model=CompanyPublic,
+    responses={201: {"model": CompanyPublic, "description": "Created"}},
+)
 async def upsert_company(
     system: str,
     external_id: str,

@@ -97,7 +97,11 @@ async def create_ticket(body: TicketIn, svc: Tickets, response: Response) -> Tic
     return out
 
 
-@tickets_router.put("/by-external-id/{system}/{external_id}", response_model=TicketPublic)
+@tickets_router.put(
+    "/by-external-id/{system}/{external_id}",
+    response_model=TicketPublic,
+    responses={201: {"model": TicketPublic, "description": "Created"}},
+)
 async def upsert_ticket(
     system: Annotated[str, Path(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9_.:-]*$")],
     external_id: Annotated[str, Path(min_length=1, max_length=200)],

@@ -134,7 +134,11 @@ async def get_accuracy(svc: Snapshots, period: PeriodQ) -> AccuracyOut:
     return await svc.accuracy(period)
 
 
-@forecast_router.put("/adjustments", response_model=AdjustmentOut)
+@forecast_router.put(
+    "/adjustments",
+    response_model=AdjustmentOut,
+    responses={201: {"model": AdjustmentOut, "description": "Created"}},
+)
 async def put_adjustment(
     body: AdjustmentIn, svc: Adjustments, response: Response, if_match: IfMatch = None
 ) -> AdjustmentOut:

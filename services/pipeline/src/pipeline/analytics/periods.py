@@ -46,7 +46,8 @@ def _add_months(year: int, month: int, n: int) -> date:
 
 def parse_period(value: str, field: str = "period") -> Period:
     m = _PERIOD.match(value or "")
-    if not m or int(m.group(1)) < 1900:
+    # Up to 9998: the first day after the period must still be a date.
+    if not m or not 1900 <= int(m.group(1)) <= 9998:
         raise invalid(field, "must be a year (2026), a quarter (2026-Q4) or a month (2026-11)")
     year = int(m.group(1))
     if m.group(2):
@@ -76,7 +77,11 @@ class Window:
 
 def window(start: date | None, last: date | None, today: date | None = None) -> Window:
     last = last or (today or datetime.now(UTC).date())
-    start = start or last - timedelta(days=DEFAULT_WINDOW_DAYS - 1)
+    if last >= date.max:
+        raise invalid("to", "must be before 9999-12-31")  # its end_at would overflow
+    if start is None:
+        days_before = min(DEFAULT_WINDOW_DAYS, last.toordinal()) - 1  # not before 0001-01-01
+        start = last - timedelta(days=days_before)
     if start > last:
         raise invalid("from", "must not be after `to`")
     return Window(start, last)

@@ -292,7 +292,11 @@ async def batch_deals(body: BatchIn, svc: Deals) -> BatchOut:
     return _batch_out(await svc.batch(body.items))
 
 
-@deals_router.put("/by-external-id/{system}/{external_id}", response_model=DealPublic)
+@deals_router.put(
+    "/by-external-id/{system}/{external_id}",
+    response_model=DealPublic,
+    responses={201: {"model": DealPublic, "description": "Created"}},
+)
 async def upsert_deal(
     system: str,
     external_id: str,
@@ -370,7 +374,11 @@ async def deal_stage_history(deal_id: uuid.UUID, svc: Deals) -> Page[StageHistor
 orders_router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
 
-@orders_router.put("/by-external-id/{system}/{external_id}", response_model=OrderPublic)
+@orders_router.put(
+    "/by-external-id/{system}/{external_id}",
+    response_model=OrderPublic,
+    responses={201: {"model": OrderPublic, "description": "Created"}},
+)
 async def upsert_order(
     system: str,
     external_id: str,

@@ -97,6 +97,24 @@ class TestMerge:
         assert "/v1/other" not in merged["paths"]
         assert own["components"]["schemas"].keys() == {"Money", "Line"}  # input untouched
 
+    def test_public_routes_need_no_token(self) -> None:
+        theirs = _doc(
+            {},
+            {
+                "/v1/public/csat/{token}": {"post": {"tags": ["surveys"]}},
+                "/v1/tickets": {"get": {"tags": ["tickets"]}},
+            },
+        )
+        routes = [
+            Route("/v1/public/csat", "tickets", public=True),
+            Route("/v1/tickets", "tickets"),
+        ]
+        merged = merge(_doc({}), {"tickets": theirs}, routes)
+        assert merged["security"] == [{"bearerAuth": []}]
+        assert merged["paths"]["/v1/public/csat/{token}"]["post"]["security"] == []
+        assert "security" not in merged["paths"]["/v1/tickets"]["get"]
+        assert "security" not in theirs["paths"]["/v1/public/csat/{token}"]["post"]  # a copy
+
     def test_tags_grouped_by_the_service_that_serves_them(self) -> None:
         own = _doc({}, {"/v1/customers": {"get": {"tags": ["customers"]}}})
         deals = _doc(
@@ -114,6 +132,7 @@ class TestMerge:
             Route("/v1/tickets", "tickets"),
         ]
         merged = merge(own, {"pipeline": deals, "tickets": tickets}, routes)
+        assert "security" not in merged["paths"]["/v1/tickets"]["get"]
         assert merged["x-tagGroups"] == [
             {"name": "gateway", "tags": ["customers"]},
             {"name": "pipeline", "tags": ["deals", "sales org"]},

@@ -81,10 +81,15 @@ def merge(own: Doc, upstreams: dict[str, Doc], routes: list[Route]) -> Doc:
         mine_routes = [r for r in routes if r.upstream == service]
         served: dict[str, Any] = {}
         for path, item in _rewrite_refs(doc.get("paths", {}), renames).items():
-            if not any(owns(r, path) for r in mine_routes):
+            owners = [r for r in mine_routes if owns(r, path)]
+            if not owners:
                 continue  # not served through the gateway
+            public = any(r.public for r in owners)
             slot = paths.setdefault(path, {})
             for method, operation in item.items():
+                if public and isinstance(operation, dict):
+                    # served without a token: override the document-wide bearer requirement
+                    operation = {**operation, "security": []}
                 slot.setdefault(method, operation)
             served[path] = item
         groups.append({"name": service, "tags": _operation_tags(served)})

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -254,48 +255,96 @@ async def delete_company(session: AsyncSession, *, tenant: str, company_id: str)
 
 Builder = Callable[[AsyncSession, str, list[str]], Awaitable[None]]
 _BUILDERS: list[Builder] = []
-# Run after the section builders: what is derived from every section (analytics metrics).
-_AFTER_BUILDERS: list[Builder] = []
+# Run after the section builders: what is derived from every section (analytics metrics),
+# each with the item sections it reads (None: any).
+_AFTER_BUILDERS: list[tuple[Builder, frozenset[str] | None]] = []
 
 
-def section_builder(fn: Builder) -> Builder:
+class SectionBuild(Protocol):
+    """A registered builder followed by the after-builders (what `section_builder` returns)."""
+
+    async def __call__(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        contact_ids: list[str],
+        *,
+        changed: Collection[str] | None = None,
+    ) -> None: ...
+
+
+def section_builder(fn: Builder) -> SectionBuild:
     """Register `fn(session, tenant, contact_ids)`, which rewrites its sections of those
     customers' documents from `rm_items` (see `items_of` and `write_sections`). Returns
-    `fn` followed by the after-builders: what a section's handlers call."""
+    `fn` followed by the after-builders: what a section's handlers call. `changed`: the item
+    sections that changed (None: unknown), so an after-builder that reads none of them is
+    skipped (the metrics do not change when only a task or a lead score did)."""
     _BUILDERS.append(fn)
 
     @functools.wraps(fn)
-    async def build_then_derive(session: AsyncSession, tenant: str, contact_ids: list[str]) -> None:
+    async def build_then_derive(
+        session: AsyncSession,
+        tenant: str,
+        contact_ids: list[str],
+        *,
+        changed: Collection[str] | None = None,
+    ) -> None:
+        if not contact_ids:
+            return
         await fn(session, tenant, contact_ids)
-        for after in _AFTER_BUILDERS:
-            await after(session, tenant, contact_ids)
+        for after, reads in _AFTER_BUILDERS:
+            if changed is None or reads is None or not reads.isdisjoint(changed):
+                await after(session, tenant, contact_ids)
 
     return build_then_derive
 
 
-def after_builders(fn: Builder) -> Builder:
+def after_builders(fn: Builder, *, reads: Collection[str] | None = None) -> Builder:
     """Register `fn(session, tenant, contact_ids)` to run after a section's builder (and once
-    after all of them in `rebuild`): for values derived from several sections."""
-    _AFTER_BUILDERS.append(fn)
+    after all of them in `rebuild`): for values derived from several sections. `reads`: the
+    item sections `fn` depends on (None: any)."""
+    _AFTER_BUILDERS.append((fn, frozenset(reads) if reads is not None else None))
     return fn
 
 
-_PUT_ITEM = text("""
-WITH old AS (
-    SELECT contact_id FROM rm_items
-    WHERE tenant_id = :tenant AND section = :section AND item_id = :item_id
+@dataclass(frozen=True)
+class ItemPut:
+    """One event's item: what `put_items` stores (unless a newer version is stored)."""
+
+    tenant: str
+    section: str
+    item_id: str
+    contact_id: str | None
+    item: dict[str, Any]
+    version: int
+    sort_at: datetime
+    as_of: datetime  # when the event occurred: the documents it touches are `as_of` then
+
+
+# One statement for the winners of a run (one per item: its highest version). `old` is the
+# stored row before the statement (all CTEs see the same snapshot), `put` what was written.
+_PUT_ITEMS = text("""
+WITH input AS (
+    SELECT * FROM unnest(CAST(:tenants AS text[]), CAST(:sections AS text[]),
+                         CAST(:item_ids AS text[]), CAST(:contact_ids AS uuid[]),
+                         CAST(:items AS text[]), CAST(:versions AS bigint[]),
+                         CAST(:sort_ats AS timestamptz[]))
+        AS i(tenant_id, section, item_id, contact_id, item, version, sort_at)
+), old AS (
+    SELECT r.tenant_id, r.section, r.item_id, r.contact_id, r.version
+    FROM rm_items r JOIN input i USING (tenant_id, section, item_id)
 ), put AS (
     INSERT INTO rm_items AS r (tenant_id, section, item_id, contact_id, item, version, sort_at)
-    VALUES (:tenant, :section, :item_id, CAST(:contact_id AS uuid), CAST(:item AS jsonb),
-            :version, :sort_at)
+    SELECT tenant_id, section, item_id, contact_id, CAST(item AS jsonb), version, sort_at
+    FROM input ORDER BY tenant_id, section, item_id
     ON CONFLICT (tenant_id, section, item_id) DO UPDATE SET
         contact_id = EXCLUDED.contact_id, item = EXCLUDED.item, version = EXCLUDED.version,
         sort_at = EXCLUDED.sort_at
     WHERE r.version < EXCLUDED.version
-    RETURNING contact_id
+    RETURNING r.tenant_id, r.section, r.item_id
 )
-SELECT CAST(contact_id AS text) FROM put
-UNION SELECT CAST(contact_id AS text) FROM old WHERE EXISTS (SELECT 1 FROM put)
+SELECT p.tenant_id, p.section, p.item_id, CAST(o.contact_id AS text), o.version
+FROM put p LEFT JOIN old o USING (tenant_id, section, item_id)
 """)
 
 
@@ -303,70 +352,111 @@ UNION SELECT CAST(contact_id AS text) FROM old WHERE EXISTS (SELECT 1 FROM put)
 # (no document) that the contact's first event turns into the document. The row is what
 # serializes the two consumers: whichever inserts it second waits for the first to commit,
 # so the contact's `rebuild` always sees the items, or the item's builder the document.
-_ENSURE_ROW = text("""
+# Rows are inserted in key order, as every batch here locks them, against deadlocks.
+_ENSURE_ROWS = text("""
 INSERT INTO customer_360 (tenant_id, contact_id, state, contact_version)
-VALUES (:tenant, CAST(:contact_id AS uuid), 'pending', 0)
+SELECT t, c, 'pending', 0
+FROM unnest(CAST(:tenants AS text[]), CAST(:ids AS uuid[])) AS k(t, c)
+ORDER BY t, c
 ON CONFLICT (tenant_id, contact_id) DO NOTHING
 """)
 
+Touched = dict[str, dict[str, datetime]]
+"""tenant -> {contact_id: `as_of` of the last applied event that touched it}."""
 
-async def put_item(
-    session: AsyncSession,
-    *,
-    tenant: str,
-    section: str,
-    item_id: str,
-    contact_id: str | None,
-    item: dict[str, Any],
-    version: int,
-    sort_at: datetime,
-) -> list[str]:
-    """Insert or replace an item (unless a newer version is stored). Returns the customers
-    whose documents must be rebuilt: the item's customer and, when it moved, the previous one."""
+
+async def put_items(session: AsyncSession, puts: list[ItemPut]) -> Touched:
+    """Apply a run of items in stream order with one statement, as if one by one: an item
+    is replaced only by a newer version (an older one is a no-op). Returns the customers
+    whose documents must be rebuilt: each applied item's customer and, when it moved, the
+    previous one (also the intermediate ones of an item moved twice in the run), each with
+    the time of the last event that touched it."""
+    if not puts:
+        return {}
+    winners: dict[tuple[str, str, str], ItemPut] = {}
+    for p in puts:
+        key = (p.tenant, p.section, p.item_id)
+        if key not in winners or winners[key].version < p.version:
+            winners[key] = p
     rows = await session.execute(
-        _PUT_ITEM,
+        _PUT_ITEMS,
         {
-            "tenant": tenant,
-            "section": section,
-            "item_id": item_id,
-            "contact_id": contact_id,
-            "item": _json(item),
-            "version": version,
-            "sort_at": sort_at,
+            "tenants": [p.tenant for p in winners.values()],
+            "sections": [p.section for p in winners.values()],
+            "item_ids": [p.item_id for p in winners.values()],
+            "contact_ids": [p.contact_id for p in winners.values()],
+            "items": [_json(p.item) for p in winners.values()],
+            "versions": [p.version for p in winners.values()],
+            "sort_ats": [p.sort_at for p in winners.values()],
         },
     )
-    touched = [r[0] for r in rows if r[0] is not None]
-    if contact_id is not None and touched:
-        await session.execute(_ENSURE_ROW, {"tenant": tenant, "contact_id": contact_id})
+    # key -> (version, contact) stored before the run, for the items the statement wrote
+    state: dict[tuple[str, str, str], tuple[int, str | None]] = {
+        (r[0], r[1], r[2]): (-1 if r[4] is None else int(r[4]), r[3]) for r in rows
+    }
+    touched: Touched = {}
+    pending: set[tuple[str, str]] = set()
+    for p in puts:  # replay the run over the stored versions: which events applied
+        key = (p.tenant, p.section, p.item_id)
+        if key not in state or p.version <= state[key][0]:
+            continue
+        previous = state[key][1]
+        state[key] = (p.version, p.contact_id)
+        of_tenant = touched.setdefault(p.tenant, {})
+        for cid in (p.contact_id, previous):
+            if cid is not None:
+                of_tenant[cid] = p.as_of
+        if p.contact_id is not None:
+            pending.add((p.tenant, p.contact_id))
+    if pending:
+        keys = sorted(pending)
+        await session.execute(
+            _ENSURE_ROWS, {"tenants": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+        )
     return touched
 
 
-async def get_item(
-    session: AsyncSession, *, tenant: str, section: str, item_id: str
-) -> dict[str, Any] | None:
-    """The stored item (to carry forward what an event does not repeat)."""
-    row = (
-        await session.execute(
-            text(
-                "SELECT item FROM rm_items WHERE tenant_id = :tenant AND section = :section "
-                "AND item_id = :id"
-            ),
-            {"tenant": tenant, "section": section, "id": item_id},
-        )
-    ).first()
-    return dict(row[0]) if row is not None else None
+async def get_items(
+    session: AsyncSession, *, tenant: str, section: str, item_ids: list[str]
+) -> dict[str, tuple[dict[str, Any], int]]:
+    """The stored items and their versions (to carry forward what an event does not
+    repeat): {item_id: (item, version)}."""
+    rows = await session.execute(
+        text(
+            "SELECT item_id, item, version FROM rm_items WHERE tenant_id = :tenant "
+            "AND section = :section AND item_id = ANY(CAST(:ids AS text[]))"
+        ),
+        {"tenant": tenant, "section": section, "ids": item_ids},
+    )
+    return {r[0]: (dict(r[1]), int(r[2])) for r in rows}
 
 
-async def drop_item(session: AsyncSession, *, tenant: str, section: str, item_id: str) -> list[str]:
-    """Remove an item; returns the customer whose document must be rebuilt."""
+async def drop_items(
+    session: AsyncSession, keys: list[tuple[str, str, str]]
+) -> dict[str, list[str]]:
+    """Remove items ((tenant, section, item_id) each) with one statement; returns the
+    customers whose documents must be rebuilt, per tenant."""
+    if not keys:
+        return {}
     rows = await session.execute(
         text("""
-        DELETE FROM rm_items WHERE tenant_id = :tenant AND section = :section AND item_id = :id
-        RETURNING CAST(contact_id AS text)
+        DELETE FROM rm_items r
+        USING unnest(CAST(:tenants AS text[]), CAST(:sections AS text[]),
+                     CAST(:ids AS text[])) AS k(t, s, i)
+        WHERE r.tenant_id = k.t AND r.section = k.s AND r.item_id = k.i
+        RETURNING r.tenant_id, CAST(r.contact_id AS text)
     """),
-        {"tenant": tenant, "section": section, "id": item_id},
+        {
+            "tenants": [k[0] for k in keys],
+            "sections": [k[1] for k in keys],
+            "ids": [k[2] for k in keys],
+        },
     )
-    return [r[0] for r in rows if r[0] is not None]
+    out: dict[str, list[str]] = {}
+    for tenant, cid in rows:
+        if cid is not None and cid not in out.setdefault(tenant, []):
+            out[tenant].append(cid)
+    return out
 
 
 async def items_of(
@@ -406,44 +496,51 @@ async def items_of(
     return result
 
 
+_WRITE_SECTIONS = text("""
+UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
+    doc = doc || CAST(:values AS jsonb)
+              || jsonb_build_object('metrics', COALESCE(doc -> 'metrics', '{}'::jsonb)
+                                               || CAST(:metrics AS jsonb))
+WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid) AND doc IS NOT NULL
+""")
+
+
 async def write_sections(
     session: AsyncSession,
     *,
     tenant: str,
-    contact_id: str,
-    values: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
+    sections: dict[str, tuple[dict[str, Any], dict[str, Any]]],
 ) -> None:
-    """Set top-level keys of a customer's document and merge keys into its `metrics` (a no-op
-    for a customer without a document: its builder runs again when the document appears)."""
-    await session.execute(
-        text("""
-        UPDATE customer_360 SET updated_at = now(), revision = revision + 1,
-            doc = doc || CAST(:values AS jsonb)
-                      || jsonb_build_object('metrics', COALESCE(doc -> 'metrics', '{}'::jsonb)
-                                                       || CAST(:metrics AS jsonb))
-        WHERE tenant_id = :tenant AND contact_id = CAST(:contact_id AS uuid)
-          AND doc IS NOT NULL
-    """),
-        {
-            "tenant": tenant,
-            "contact_id": contact_id,
-            "values": _json(values),
-            "metrics": _json(metrics or {}),
-        },
-    )
+    """Set top-level keys of customers' documents and merge keys into their `metrics`:
+    {contact_id: (values, metrics)}, one executemany in contact order (a no-op for a
+    customer without a document: its builder runs again when the document appears)."""
+    if sections:
+        await session.execute(
+            _WRITE_SECTIONS,
+            [
+                {
+                    "tenant": tenant,
+                    "contact_id": cid,
+                    "values": _json(values),
+                    "metrics": _json(metrics),
+                }
+                for cid, (values, metrics) in sorted(sections.items())
+            ],
+        )
 
 
-async def touch(
-    session: AsyncSession, *, tenant: str, contact_ids: list[str], as_of: datetime
-) -> None:
-    """Record that events up to `as_of` are applied to these documents."""
+async def touch(session: AsyncSession, *, tenant: str, as_of: dict[str, datetime]) -> None:
+    """Record that events up to `as_of[contact_id]` are applied to these documents."""
+    if not as_of:
+        return
+    ids = sorted(as_of)
     await session.execute(
         text("""
-        UPDATE customer_360 SET doc = doc || jsonb_build_object('as_of', CAST(:as_of AS text))
-        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[])) AND doc IS NOT NULL
+        UPDATE customer_360 c SET doc = c.doc || jsonb_build_object('as_of', k.as_of)
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:as_ofs AS text[])) AS k(id, as_of)
+        WHERE c.tenant_id = :tenant AND c.contact_id = k.id AND c.doc IS NOT NULL
     """),
-        {"tenant": tenant, "ids": contact_ids, "as_of": rfc3339(as_of)},
+        {"tenant": tenant, "ids": ids, "as_ofs": [rfc3339(as_of[i]) for i in ids]},
     )
 
 
@@ -486,5 +583,5 @@ async def rebuild(session: AsyncSession, tenant: str, contact_ids: list[str]) ->
     if with_items:
         for build in _BUILDERS:
             await build(session, tenant, with_items)
-        for after in _AFTER_BUILDERS:
+        for after, _reads in _AFTER_BUILDERS:
             await after(session, tenant, with_items)

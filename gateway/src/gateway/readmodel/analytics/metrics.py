@@ -1,12 +1,14 @@
 """`metrics.rfm`, `metrics.health` and `metrics.churn_risk` of the 360 documents, from the
 items of every section (`rm_items`), scored by `scoring`.
 
-`refresh` runs after every section builder (the builders registered with
-`document.section_builder` call it when they return, and `document.rebuild` once after
-all of them), in the consumer's transaction, and by the periodic full pass (`fullpass`).
+`refresh` runs after every section builder whose items it reads changed (the builders
+registered with `document.section_builder` call it when they return, once for all the
+customers a run of events touched, and `document.rebuild` once after all of them), in the
+consumer's transaction, and by the periodic full pass (`fullpass`).
 It locks the customers' rows, so two consumers refreshing one customer take turns and the
 second sees the first's metrics: a band change or a threshold crossing is seen, and its
-event written to the outbox (same transaction as the document), exactly once.
+event written to the outbox (same transaction as the document), exactly once. A run of
+events is rescored once at its end: a crossing undone within the run publishes nothing.
 
 Events (context `customers`, aggregate `customer` = the contact id, version =
 `customer_360.events_version`):
@@ -349,7 +351,7 @@ async def _after_build(session: AsyncSession, tenant: str, contact_ids: list[str
     await refresh(session, tenant, contact_ids)
 
 
-document.after_builders(_after_build)
+document.after_builders(_after_build, reads=_SECTIONS)
 
 
 # --- waking the full pass ------------------------------------------------------------------

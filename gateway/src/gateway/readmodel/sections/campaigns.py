@@ -29,8 +29,16 @@ from chassis.consumer import Consumer
 from chassis.events import IncomingEvent
 from crm.campaigns.v1 import campaigns_pb2 as pb
 from crm.common.v1.common_pb2 import EventMeta
-from gateway.readmodel import document, timeline
-from gateway.readmodel.sections.common import datetime_of, occurred, opt, time_of, timeline_entry
+from gateway.readmodel import document
+from gateway.readmodel.sections.common import (
+    Run,
+    datetime_of,
+    occurred,
+    on_run,
+    opt,
+    time_of,
+    timeline_entry,
+)
 
 consumer = Consumer(
     "customer-360-campaigns",
@@ -58,21 +66,19 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
         contact_ids=contact_ids,
         sections={EMAILS: None, SCORES: None, LOYALTY: None, ENROLLMENTS: None, SEGMENTS: 1},
     )
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for contact_id, sections in items.items():
         emails = sections.get(EMAILS, [])
         members = sorted(sections.get(LOYALTY, []), key=lambda m: -int(m["balance"]))
         loyalty = {**members[0], "programs": members} if members else None
-        await document.write_sections(
-            session,
-            tenant=tenant,
-            contact_id=contact_id,
-            values={
+        out[contact_id] = (
+            {
                 "campaigns": emails[:RECENT_EMAILS],
                 "loyalty": loyalty,
                 "sequences": sections.get(ENROLLMENTS, []),
                 "segments": (sections.get(SEGMENTS) or [{"segments": []}])[0]["segments"],
             },
-            metrics={
+            {
                 "lead_scores": sorted(sections.get(SCORES, []), key=lambda s: s["model"]),
                 "email_engagement": {
                     "sent": len(emails),
@@ -81,10 +87,11 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
                 },
             },
         )
+    await document.write_sections(session, tenant=tenant, sections=out)
 
 
-async def _put(
-    session: AsyncSession,
+def _put(
+    run: Run,
     event: IncomingEvent,
     meta: EventMeta,
     section: str,
@@ -93,26 +100,10 @@ async def _put(
     item: dict[str, Any],
     entry: tuple[str, str, dict[str, Any]] | None,
 ) -> None:
-    touched = await document.put_item(
-        session,
-        tenant=event.tenant,
-        section=section,
-        item_id=item_id,
-        contact_id=contact_id or None,
-        item=item,
-        version=event.version,
-        sort_at=occurred(meta, event),
-    )
-    if touched:
-        await build(session, event.tenant, touched)
-        await document.touch(
-            session, tenant=event.tenant, contact_ids=touched, as_of=occurred(meta, event)
-        )
-    if entry is not None and contact_id:
+    run.put(event, meta, section, item_id, contact_id, item, None)
+    if entry is not None:
         kind, summary, data = entry
-        await timeline.record(
-            session, event.tenant, contact_id, timeline_entry(event, meta, kind, summary, **data)
-        )
+        run.record(event, contact_id, timeline_entry(event, meta, kind, summary, **data))
 
 
 # ce-type -> (message, what the event says about the delivery, timeline summary or None)
@@ -131,44 +122,66 @@ _EMAIL_EVENTS: dict[str, tuple[type[Message], str, str | None]] = {
 
 
 def _on_email(ce_type: str, cls: type[Message], what: str, summary: str | None) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
-        msg: Any = event.parse(cls)
-        e: pb.Email = msg.email
-        email_id = e.id or event.aggregate_id
-        old = await document.get_item(
-            session, tenant=event.tenant, section=EMAILS, item_id=email_id
-        )
-        item = {
-            "id": email_id,
-            "campaign_id": opt(e.campaign_id),
-            "sequence_id": opt(e.sequence_id),
-            "subject": e.subject,
-            "status": e.status,
-            "opened": bool(old and old["opened"]) or what in ("opened", "clicked"),
-            "clicked": bool(old and old["clicked"]) or what == "clicked",
-            "unsubscribed": bool(old and old["unsubscribed"]) or what == "unsubscribed",
-            "sent_at": (old or {}).get("sent_at")
-            or (document.rfc3339(occurred(msg.meta, event)) if what == "sent" else None),
-        }
-        # Only the first open and the first click of an email go on the timeline.
-        first = getattr(msg, "first", True)
-        entry = None
-        if summary is not None and first:
-            entry = (f"email.{what}", f"{summary}: {e.subject}", {"email_id": email_id})
-        await _put(session, event, msg.meta, EMAILS, email_id, e.contact_id, item, entry)
+    @consumer.on_many(ce_type)
+    async def handle(session: AsyncSession, events: list[IncomingEvent]) -> None:
+        parsed: list[tuple[IncomingEvent, Any]] = [(e, e.parse(cls)) for e in events]
+        # The stored deliveries (flags are carried across their events), then each event's
+        # item over the previous one of the run, as if applied one by one.
+        stored: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+        by_tenant: dict[str, list[str]] = {}
+        for event, msg in parsed:
+            by_tenant.setdefault(event.tenant, []).append(msg.email.id or event.aggregate_id)
+        for tenant, ids in by_tenant.items():
+            found = await document.get_items(session, tenant=tenant, section=EMAILS, item_ids=ids)
+            stored.update({(tenant, i): v for i, v in found.items()})
+        run = Run()
+        for event, msg in parsed:
+            email_id = msg.email.id or event.aggregate_id
+            key = (event.tenant, email_id)
+            old = stored[key][0] if key in stored else None
+            item = _email_item(msg.email, email_id, what, old, msg.meta, event)
+            if key not in stored or stored[key][1] < event.version:
+                stored[key] = (item, event.version)
+            # Only the first open and the first click of an email go on the timeline.
+            entry = None
+            if summary is not None and getattr(msg, "first", True):
+                subject = f"{summary}: {msg.email.subject}"
+                entry = (f"email.{what}", subject, {"email_id": email_id})
+            _put(run, event, msg.meta, EMAILS, email_id, msg.email.contact_id, item, entry)
+        await run.apply(session, build)
+
+
+def _email_item(
+    e: pb.Email,
+    email_id: str,
+    what: str,
+    old: dict[str, Any] | None,
+    meta: EventMeta,
+    event: IncomingEvent,
+) -> dict[str, Any]:
+    return {
+        "id": email_id,
+        "campaign_id": opt(e.campaign_id),
+        "sequence_id": opt(e.sequence_id),
+        "subject": e.subject,
+        "status": e.status,
+        "opened": bool(old and old["opened"]) or what in ("opened", "clicked"),
+        "clicked": bool(old and old["clicked"]) or what == "clicked",
+        "unsubscribed": bool(old and old["unsubscribed"]) or what == "unsubscribed",
+        "sent_at": (old or {}).get("sent_at")
+        or (document.rfc3339(occurred(meta, event)) if what == "sent" else None),
+    }
 
 
 for _ce_type, (_cls, _what, _summary) in _EMAIL_EVENTS.items():
     _on_email(_ce_type, _cls, _what, _summary)
 
 
-@consumer.on("crm.campaigns.lead_score.changed.v1")
-async def lead_score_changed(session: AsyncSession, event: IncomingEvent) -> None:
+def _lead_score_changed(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.LeadScoreChanged)
     item = {"model_id": msg.model_id, "model": msg.model, "score": msg.score}
-    await _put(
-        session,
+    _put(
+        run,
         event,
         msg.meta,
         SCORES,
@@ -190,8 +203,7 @@ _LOYALTY_EVENTS: dict[str, tuple[type[Message], str]] = {
 
 
 def _on_loyalty(ce_type: str, cls: type[Message], what: str) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
+    def collect(run: Run, event: IncomingEvent) -> None:
         msg: Any = event.parse(cls)
         m: pb.LoyaltyMember = msg.member
         item = {
@@ -206,15 +218,16 @@ def _on_loyalty(ce_type: str, cls: type[Message], what: str) -> None:
         elif what != "merged":
             points = abs(msg.entry.points)
             entry = (f"loyalty.{what}", f"{points} loyalty points {what}", {"points": points})
-        await _put(session, event, msg.meta, LOYALTY, m.id, m.contact_id, item, entry)
+        _put(run, event, msg.meta, LOYALTY, m.id, m.contact_id, item, entry)
+
+    on_run(consumer, ce_type, build, collect)
 
 
 for _ce_type, (_cls, _what) in _LOYALTY_EVENTS.items():
     _on_loyalty(_ce_type, _cls, _what)
 
 
-@consumer.on("crm.campaigns.enrollment.changed.v1")
-async def enrollment_changed(session: AsyncSession, event: IncomingEvent) -> None:
+def _enrollment_changed(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.EnrollmentChanged)
     e = msg.enrollment
     item = {
@@ -227,36 +240,35 @@ async def enrollment_changed(session: AsyncSession, event: IncomingEvent) -> Non
     entry = None
     if msg.change in ("enrolled", "exited", "completed"):
         entry = (f"sequence.{msg.change}", f"Sequence {msg.change}", {"sequence_id": e.sequence_id})
-    await _put(session, event, msg.meta, ENROLLMENTS, e.id, e.contact_id, item, entry)
+    _put(run, event, msg.meta, ENROLLMENTS, e.id, e.contact_id, item, entry)
 
 
-@consumer.on("crm.campaigns.contact_segments.changed.v1")
-async def contact_segments_changed(session: AsyncSession, event: IncomingEvent) -> None:
+def _contact_segments_changed(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.ContactSegmentsChanged)
     item = {
         "segments": [{"id": s.id, "name": s.name, "type": s.type} for s in msg.segments],
     }
-    await _put(session, event, msg.meta, SEGMENTS, msg.contact_id, msg.contact_id, item, None)
+    _put(run, event, msg.meta, SEGMENTS, msg.contact_id, msg.contact_id, item, None)
 
 
-@consumer.on("crm.campaigns.touchpoint.recorded.v1")
-async def touchpoint_recorded(session: AsyncSession, event: IncomingEvent) -> None:
-    """Timeline only: every channel a customer came through."""
+def _touchpoint_recorded(run: Run, event: IncomingEvent) -> None:
+    """Timeline only: every channel a customer came through (an unknown email has no
+    contact: it is recorded again, version > 1, once linked to one)."""
     msg = event.parse(pb.TouchpointRecorded)
     t = msg.touchpoint
-    if not t.contact_id:
-        return  # an unknown email: recorded again (version > 1) once linked to a contact
     when = datetime_of(t.occurred_at)
-    await timeline.record(
-        session,
-        event.tenant,
-        t.contact_id,
-        timeline_entry(
-            event,
-            msg.meta,
-            f"touchpoint.{t.channel}",
-            f"Touchpoint: {t.channel.replace('_', ' ')}" + (f" ({t.source})" if t.source else ""),
-            touchpoint_id=t.id,
-            occurred_at=time_of(t.occurred_at) if when else None,
-        ),
+    entry = timeline_entry(
+        event,
+        msg.meta,
+        f"touchpoint.{t.channel}",
+        f"Touchpoint: {t.channel.replace('_', ' ')}" + (f" ({t.source})" if t.source else ""),
+        touchpoint_id=t.id,
+        occurred_at=time_of(t.occurred_at) if when else None,
     )
+    run.record(event, t.contact_id, entry)
+
+
+on_run(consumer, "crm.campaigns.lead_score.changed.v1", build, _lead_score_changed)
+on_run(consumer, "crm.campaigns.enrollment.changed.v1", build, _enrollment_changed)
+on_run(consumer, "crm.campaigns.contact_segments.changed.v1", build, _contact_segments_changed)
+on_run(consumer, "crm.campaigns.touchpoint.recorded.v1", build, _touchpoint_recorded)

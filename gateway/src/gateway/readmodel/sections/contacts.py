@@ -107,6 +107,9 @@ async def _apply_contacts(
     starting: dict[str, dict[str, Any]] = {}
 
     async def flush() -> None:
+        # In key order, as the section consumers lock the rows (`pending` rows), against
+        # deadlocks; a stable sort keeps a contact's versions in order (they are gated anyway).
+        docs.sort(key=lambda d: (d["tenant"], d["contact_id"]))
         # A new document is born with the metrics of "nothing known" (the tenant's weights).
         for d in docs:
             if d["tenant"] not in starting:

@@ -17,7 +17,6 @@ A deal or order of a company only (no contact) is in no customer's document.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,8 +27,16 @@ from chassis.consumer import Consumer
 from chassis.events import IncomingEvent
 from crm.common.v1.common_pb2 import EventMeta
 from crm.pipeline.v1 import pipeline_pb2 as pb
-from gateway.readmodel import document, timeline
-from gateway.readmodel.sections.common import datetime_of, occurred, opt, time_of, timeline_entry
+from gateway.readmodel import document
+from gateway.readmodel.sections.common import (
+    Collect,
+    Run,
+    datetime_of,
+    on_run,
+    opt,
+    time_of,
+    timeline_entry,
+)
 
 consumer = Consumer(
     "customer-360-pipeline", context="pipeline", aggregates=["deal", "order", "activity", "task"]
@@ -124,17 +131,15 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
         contact_ids=contact_ids,
         sections={DEALS: None, ORDERS: None, TASKS: None, ACTIVITIES: 1},
     )
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for contact_id, sections in items.items():
         deals = sections.get(DEALS, [])
         orders = sections.get(ORDERS, [])
         open_tasks = [t for t in sections.get(TASKS, []) if t["status"] == "open"]
         last = sections.get(ACTIVITIES, [])
-        await document.write_sections(
-            session,
-            tenant=tenant,
-            contact_id=contact_id,
-            values={DEALS: deals, ORDERS: orders, TASKS: open_tasks},
-            metrics={
+        out[contact_id] = (
+            {DEALS: deals, ORDERS: orders, TASKS: open_tasks},
+            {
                 "lifetime_value": lifetime_value(deals, orders),
                 "open_deals": sum(1 for d in deals if d["status"] == "open"),
                 "won_deals": sum(1 for d in deals if d["status"] == "won"),
@@ -142,39 +147,7 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
                 "last_activity": last[0] if last else None,
             },
         )
-
-
-async def _put(
-    session: AsyncSession,
-    event: IncomingEvent,
-    meta: EventMeta,
-    section: str,
-    contact_id: str,
-    item: dict[str, Any],
-    sort_at: datetime | None,
-    summary: str | None,
-    kind: str,
-    **data: Any,
-) -> None:
-    touched = await document.put_item(
-        session,
-        tenant=event.tenant,
-        section=section,
-        item_id=event.aggregate_id,
-        contact_id=contact_id or None,
-        item=item,
-        version=event.version,
-        sort_at=sort_at or occurred(meta, event),
-    )
-    if touched:
-        await build(session, event.tenant, touched)
-        await document.touch(
-            session, tenant=event.tenant, contact_ids=touched, as_of=occurred(meta, event)
-        )
-    if summary is not None and contact_id:
-        await timeline.record(
-            session, event.tenant, contact_id, timeline_entry(event, meta, kind, summary, **data)
-        )
+    await document.write_sections(session, tenant=tenant, sections=out)
 
 
 def _money(m: Any) -> str:
@@ -209,51 +182,40 @@ def _deal_summary(what: str, d: pb.Deal, meta: EventMeta) -> str:
 
 
 def _on_deal(ce_type: str, cls: type[Message], what: str) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
+    def collect(run: Run, event: IncomingEvent) -> None:
         msg: Any = event.parse(cls)
         d: pb.Deal = msg.deal
-        await _put(
-            session,
+        item = deal_item(d)
+        run.put(event, msg.meta, DEALS, event.aggregate_id, d.contact_id, item,
+                datetime_of(d.created_at))  # fmt: skip
+        entry = timeline_entry(
             event,
             msg.meta,
-            DEALS,
-            d.contact_id,
-            deal_item(d),
-            datetime_of(d.created_at),
-            _deal_summary(what, d, msg.meta),
             f"deal.{what}",
+            _deal_summary(what, d, msg.meta),
             deal_id=d.id,
             stage_id=d.stage_id,
             changed_fields=list(msg.meta.changed_fields) or None,
         )
+        run.record(event, d.contact_id, entry)
+
+    on_run(consumer, ce_type, build, collect)
 
 
 for _ce_type, (_cls, _what) in _DEAL_EVENTS.items():
     _on_deal(_ce_type, _cls, _what)
 
 
-@consumer.on("crm.pipeline.deal.deleted.v1")
-async def deal_deleted(session: AsyncSession, event: IncomingEvent) -> None:
+def _deal_deleted(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.DealDeleted)
-    touched = await document.drop_item(
-        session, tenant=event.tenant, section=DEALS, item_id=event.aggregate_id
+    run.drop(event, DEALS)
+    entry = timeline_entry(
+        event, msg.meta, "deal.deleted", f"Deal {msg.deal.name!r} deleted", deal_id=msg.deal.id
     )
-    if touched:
-        await build(session, event.tenant, touched)
-    if msg.deal.contact_id:
-        await timeline.record(
-            session,
-            event.tenant,
-            msg.deal.contact_id,
-            timeline_entry(
-                event,
-                msg.meta,
-                "deal.deleted",
-                f"Deal {msg.deal.name!r} deleted",
-                deal_id=msg.deal.id,
-            ),
-        )
+    run.record(event, msg.deal.contact_id, entry)
+
+
+on_run(consumer, "crm.pipeline.deal.deleted.v1", build, _deal_deleted)
 
 
 _ORDER_EVENTS: dict[str, tuple[type[Message], str]] = {
@@ -264,8 +226,7 @@ _ORDER_EVENTS: dict[str, tuple[type[Message], str]] = {
 
 
 def _on_order(ce_type: str, cls: type[Message], what: str) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
+    def collect(run: Run, event: IncomingEvent) -> None:
         msg: Any = event.parse(cls)
         o: pb.Order = msg.order
         label = f"Order {o.number}" if o.number else "Order"
@@ -274,18 +235,15 @@ def _on_order(ce_type: str, cls: type[Message], what: str) -> None:
             "paid": f"{label} paid ({_money(o.amount)})",
             "refunded": f"{label} refunded ({_money(o.amount)})",
         }[what]
-        await _put(
-            session,
+        run.put(event, msg.meta, ORDERS, event.aggregate_id, o.contact_id, order_item(o),
+                datetime_of(o.ordered_at))  # fmt: skip
+        run.record(
             event,
-            msg.meta,
-            ORDERS,
             o.contact_id,
-            order_item(o),
-            datetime_of(o.ordered_at),
-            summary,
-            f"order.{what}",
-            order_id=o.id,
+            timeline_entry(event, msg.meta, f"order.{what}", summary, order_id=o.id),
         )
+
+    on_run(consumer, ce_type, build, collect)
 
 
 for _ce_type, (_cls, _what) in _ORDER_EVENTS.items():
@@ -295,52 +253,42 @@ for _ce_type, (_cls, _what) in _ORDER_EVENTS.items():
 _TYPE_LABEL = {"call": "Call", "meeting": "Meeting", "visit": "Visit", "email": "Email"}
 
 
-@consumer.on("crm.pipeline.activity.logged.v1")
-async def activity_logged(session: AsyncSession, event: IncomingEvent) -> None:
+def _activity_logged(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.ActivityLogged)
     a = msg.activity
     label = _TYPE_LABEL.get(a.type, "Note")
-    await _put(
-        session,
+    run.put(event, msg.meta, ACTIVITIES, event.aggregate_id, a.contact_id, activity_item(a),
+            datetime_of(a.occurred_at))  # fmt: skip
+    entry = timeline_entry(
         event,
         msg.meta,
-        ACTIVITIES,
-        a.contact_id,
-        activity_item(a),
-        datetime_of(a.occurred_at),
-        f"{label} logged" + (f": {a.subject}" if a.subject else ""),
         f"activity.{a.type or 'note'}",
+        f"{label} logged" + (f": {a.subject}" if a.subject else ""),
         activity_id=a.id,
         deal_id=opt(a.deal_id),
         duration_seconds=a.duration_seconds or None,
         outcome=opt(a.outcome),
     )
+    run.record(event, a.contact_id, entry)
 
 
-@consumer.on("crm.pipeline.activity.updated.v1")
-async def activity_updated(session: AsyncSession, event: IncomingEvent) -> None:
+def _activity_updated(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.ActivityUpdated)
     a = msg.activity
-    await _put(
-        session,
-        event,
-        msg.meta,
-        ACTIVITIES,
-        a.contact_id,
-        activity_item(a),
-        datetime_of(a.occurred_at),
-        None,
-        "activity.updated",
-    )
+    run.put(event, msg.meta, ACTIVITIES, event.aggregate_id, a.contact_id, activity_item(a),
+            datetime_of(a.occurred_at))  # fmt: skip
 
 
-@consumer.on("crm.pipeline.activity.deleted.v1")
-async def activity_deleted(session: AsyncSession, event: IncomingEvent) -> None:
-    touched = await document.drop_item(
-        session, tenant=event.tenant, section=ACTIVITIES, item_id=event.aggregate_id
-    )
-    if touched:
-        await build(session, event.tenant, touched)
+def _dropper(section: str) -> Collect:
+    def collect(run: Run, event: IncomingEvent) -> None:
+        run.drop(event, section)
+
+    return collect
+
+
+on_run(consumer, "crm.pipeline.activity.logged.v1", build, _activity_logged)
+on_run(consumer, "crm.pipeline.activity.updated.v1", build, _activity_updated)
+on_run(consumer, "crm.pipeline.activity.deleted.v1", build, _dropper(ACTIVITIES))
 
 
 _TASK_EVENTS: dict[str, type[Message]] = {
@@ -352,33 +300,24 @@ _TASK_EVENTS: dict[str, type[Message]] = {
 
 
 def _on_task(ce_type: str, cls: type[Message]) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
+    created = ce_type == "crm.pipeline.task.created.v1"
+
+    def collect(run: Run, event: IncomingEvent) -> None:
         msg: Any = event.parse(cls)
         t: pb.Task = msg.task
-        created = ce_type == "crm.pipeline.task.created.v1"
-        await _put(
-            session,
-            event,
-            msg.meta,
-            TASKS,
-            t.contact_id,
-            task_item(t),
-            datetime_of(t.due_at),
-            f"Task created: {t.title}" if created else None,
-            "task.created",
-            task_id=t.id,
-        )
+        run.put(event, msg.meta, TASKS, event.aggregate_id, t.contact_id, task_item(t),
+                datetime_of(t.due_at))  # fmt: skip
+        if created:
+            entry = timeline_entry(
+                event, msg.meta, "task.created", f"Task created: {t.title}", task_id=t.id
+            )
+            run.record(event, t.contact_id, entry)
+
+    on_run(consumer, ce_type, build, collect)
 
 
 for _ce_type, _cls in _TASK_EVENTS.items():
     _on_task(_ce_type, _cls)
 
 
-@consumer.on("crm.pipeline.task.deleted.v1")
-async def task_deleted(session: AsyncSession, event: IncomingEvent) -> None:
-    touched = await document.drop_item(
-        session, tenant=event.tenant, section=TASKS, item_id=event.aggregate_id
-    )
-    if touched:
-        await build(session, event.tenant, touched)
+on_run(consumer, "crm.pipeline.task.deleted.v1", build, _dropper(TASKS))

@@ -25,8 +25,15 @@ from chassis.consumer import Consumer
 from chassis.events import IncomingEvent
 from crm.common.v1.common_pb2 import EventMeta
 from crm.tickets.v1 import tickets_pb2 as pb
-from gateway.readmodel import document, timeline
-from gateway.readmodel.sections.common import datetime_of, occurred, opt, time_of, timeline_entry
+from gateway.readmodel import document
+from gateway.readmodel.sections.common import (
+    Run,
+    datetime_of,
+    on_run,
+    opt,
+    time_of,
+    timeline_entry,
+)
 
 consumer = Consumer(
     "customer-360-tickets",
@@ -76,6 +83,7 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
         sections={TICKETS: None, BREACHES: None, CSAT: 1, NPS: 1},
     )
     since = datetime.now(UTC) - timedelta(days=90)
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for contact_id, sections in items.items():
         tickets = sections.get(TICKETS, [])
         open_ = [t for t in tickets if t["status"] not in CLOSED]
@@ -83,12 +91,9 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
         breaches = sections.get(BREACHES, [])
         csat = sections.get(CSAT, [])
         nps = sections.get(NPS, [])
-        await document.write_sections(
-            session,
-            tenant=tenant,
-            contact_id=contact_id,
-            values={TICKETS: open_ + closed},
-            metrics={
+        out[contact_id] = (
+            {TICKETS: open_ + closed},
+            {
                 "open_tickets": len(open_),
                 "sla_breaches": len(breaches),
                 "sla_breaches_90d": sum(
@@ -100,10 +105,11 @@ async def build(session: AsyncSession, tenant: str, contact_ids: list[str]) -> N
                 "nps": nps[0] if nps else None,
             },
         )
+    await document.write_sections(session, tenant=tenant, sections=out)
 
 
-async def _put(
-    session: AsyncSession,
+def _put(
+    run: Run,
     event: IncomingEvent,
     meta: EventMeta,
     section: str,
@@ -114,25 +120,9 @@ async def _put(
     summary: str = "",
     **data: Any,
 ) -> None:
-    touched = await document.put_item(
-        session,
-        tenant=event.tenant,
-        section=section,
-        item_id=event.aggregate_id,
-        contact_id=contact_id or None,
-        item=item,
-        version=event.version,
-        sort_at=sort_at or occurred(meta, event),
-    )
-    if touched:
-        await build(session, event.tenant, touched)
-        await document.touch(
-            session, tenant=event.tenant, contact_ids=touched, as_of=occurred(meta, event)
-        )
-    if kind is not None and contact_id:
-        await timeline.record(
-            session, event.tenant, contact_id, timeline_entry(event, meta, kind, summary, **data)
-        )
+    run.put(event, meta, section, event.aggregate_id, contact_id, item, sort_at)
+    if kind is not None:
+        run.record(event, contact_id, timeline_entry(event, meta, kind, summary, **data))
 
 
 # ce-type -> (message, timeline kind or None: no entry)
@@ -149,13 +139,12 @@ _TICKET_EVENTS: dict[str, tuple[type[Message], str | None]] = {
 
 
 def _on_ticket(ce_type: str, cls: type[Message], kind: str | None) -> None:
-    @consumer.on(ce_type)
-    async def handle(session: AsyncSession, event: IncomingEvent) -> None:
+    def collect(run: Run, event: IncomingEvent) -> None:
         msg: Any = event.parse(cls)
         t: pb.Ticket = msg.ticket
         verb = (kind or "").removeprefix("ticket.")
-        await _put(
-            session,
+        _put(
+            run,
             event,
             msg.meta,
             TICKETS,
@@ -168,17 +157,18 @@ def _on_ticket(ce_type: str, cls: type[Message], kind: str | None) -> None:
             priority=t.priority,
         )
 
+    on_run(consumer, ce_type, build, collect)
+
 
 for _ce_type, (_cls, _kind) in _TICKET_EVENTS.items():
     _on_ticket(_ce_type, _cls, _kind)
 
 
-@consumer.on("crm.tickets.sla.breached.v1")
-async def sla_breached(session: AsyncSession, event: IncomingEvent) -> None:
+def _sla_breached(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.SlaBreached)
     c = msg.clock
-    await _put(
-        session,
+    _put(
+        run,
         event,
         msg.meta,
         BREACHES,
@@ -192,11 +182,10 @@ async def sla_breached(session: AsyncSession, event: IncomingEvent) -> None:
     )
 
 
-@consumer.on("crm.tickets.csat_survey.answered.v1")
-async def csat_answered(session: AsyncSession, event: IncomingEvent) -> None:
+def _csat_answered(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.CsatAnswered)
-    await _put(
-        session,
+    _put(
+        run,
         event,
         msg.meta,
         CSAT,
@@ -214,11 +203,10 @@ async def csat_answered(session: AsyncSession, event: IncomingEvent) -> None:
     )
 
 
-@consumer.on("crm.tickets.nps_invitation.answered.v1")
-async def nps_answered(session: AsyncSession, event: IncomingEvent) -> None:
+def _nps_answered(run: Run, event: IncomingEvent) -> None:
     msg = event.parse(pb.NpsAnswered)
-    await _put(
-        session,
+    _put(
+        run,
         event,
         msg.meta,
         NPS,
@@ -235,3 +223,8 @@ async def nps_answered(session: AsyncSession, event: IncomingEvent) -> None:
         survey_id=msg.survey_id,
         score=msg.score,
     )
+
+
+on_run(consumer, "crm.tickets.sla.breached.v1", build, _sla_breached)
+on_run(consumer, "crm.tickets.csat_survey.answered.v1", build, _csat_answered)
+on_run(consumer, "crm.tickets.nps_invitation.answered.v1", build, _nps_answered)

@@ -40,8 +40,8 @@ from chassis import outbox
 from chassis.db import Database, unit_of_work
 from chassis.events import OutgoingEvent
 from chassis.scheduler import AfterCommit, Scheduler
-from crm.common.v1.common_pb2 import EventMeta
 from crm.customers.v1.customers_pb2 import WebhookSubscriptionDisabled
+from gateway.outgoing import gateway_event
 from gateway.settings import GatewaySettings
 from gateway.webhooks import signing, ssrf
 from gateway.webhooks.fanout import add_waker, remove_waker
@@ -140,26 +140,15 @@ def disabled_event(
     at = Timestamp()
     at.FromDatetime(now)
     msg = WebhookSubscriptionDisabled(
-        meta=EventMeta(
-            tenant_id=tenant,
-            aggregate_id=subscription_id,
-            version=version,
-            actor="gateway",
-            origin="webhooks",
-            occurred_at=at,
-        ),
-        subscription_id=subscription_id,
-        url=url,
-        reason=reason,
-        disabled_at=at,
+        subscription_id=subscription_id, url=url, reason=reason, disabled_at=at
     )
-    return OutgoingEvent(
-        message=msg,
-        ce_type=DISABLED,
+    return gateway_event(
+        msg,
         tenant=tenant,
         aggregate_id=subscription_id,
         version=version,
-        source="crm/gateway",
+        origin="webhooks",
+        now=now,
     )
 
 

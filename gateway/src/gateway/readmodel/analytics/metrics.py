@@ -28,23 +28,19 @@ from decimal import Decimal
 from typing import Any
 
 from google.protobuf import struct_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chassis import outbox
-from chassis.events import OutgoingEvent
-from crm.common.v1.common_pb2 import EventMeta
 from crm.customers.v1 import customers_pb2 as pb
-from crm.registry import ce_type_for
+from gateway.outgoing import gateway_event
 from gateway.readmodel import document
 from gateway.readmodel.analytics import scoring
 from gateway.readmodel.analytics.scoring import Facts, Purchase
 
 DEFAULT_CHURN_THRESHOLD = Decimal("0.60")
 CLOSED_TICKETS = frozenset({"solved", "closed"})
-SOURCE = "crm/gateway"
 
 # Sections the scores read (name -> at most this many, newest first; None: all).
 _SECTIONS: dict[str, int | None] = {
@@ -209,29 +205,6 @@ def _value(v: Any) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(v))
 
 
-def _event(msg: Any, tenant: str, contact_id: str, version: int, now: datetime) -> OutgoingEvent:
-    ts = Timestamp()
-    ts.FromDatetime(now)
-    msg.meta.CopyFrom(
-        EventMeta(
-            tenant_id=tenant,
-            aggregate_id=contact_id,
-            version=version,
-            actor="gateway",
-            origin="analytics",
-            occurred_at=ts,
-        )
-    )
-    return OutgoingEvent(
-        message=msg,
-        ce_type=ce_type_for(msg),
-        tenant=tenant,
-        aggregate_id=contact_id,
-        version=version,
-        source=SOURCE,
-    )
-
-
 def events_for(
     contact_id: str,
     owner_id: str | None,
@@ -332,7 +305,17 @@ async def refresh(
         version = int(events_version)
         for msg in events_for(contact_id, owner_id, old, new, settings.churn_threshold):
             version += 1
-            outbox.add(session, _event(msg, tenant, contact_id, version, now))
+            outbox.add(
+                session,
+                gateway_event(
+                    msg,
+                    tenant=tenant,
+                    aggregate_id=contact_id,
+                    version=version,
+                    origin="analytics",
+                    now=now,
+                ),
+            )
         writes.append(
             {
                 "tenant": tenant,

@@ -165,8 +165,11 @@ class TestTimersFire:
 
     async def test_completed_or_cancelled_task_never_fires(self, timers: Timers) -> None:
         async with timers.app() as client:
-            done = await timers.task(client, remind_at=soon(500), due_at=soon(600))
-            cancelled = await timers.task(client, due_at=soon(600))
+            # far enough ahead that a loaded machine finishes the PATCHes before they are due
+            # (a timer that already fired bumps the version: 412); the witness is due after
+            # them, so its firing proves their time passed without them firing.
+            done = await timers.task(client, remind_at=soon(3000), due_at=soon(3500))
+            cancelled = await timers.task(client, due_at=soon(3500))
             for t, status in ((done, "done"), (cancelled, "cancelled")):
                 r = await client.patch(
                     f"/v1/tasks/{t['id']}",
@@ -174,7 +177,7 @@ class TestTimersFire:
                     headers={**timers.h, "If-Match": '"1"'},
                 )
                 assert r.status_code == 200, r.text
-            witness = await timers.task(client, due_at=soon(700))
+            witness = await timers.task(client, due_at=soon(4000))
             await timers.wait_fired({(OVERDUE, witness["id"]): 1})
             await settle()
             assert await timers.fired() == Counter({(OVERDUE, witness["id"]): 1})

@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from chassis import deadletters, outbox, telemetry
 from chassis.bus import Bus, StreamSpec
 from chassis.db import Database, commit
+from chassis.driver import raw_connection
 from chassis.events import IncomingEvent, MalformedEvent
 from chassis.tasks import cancel_and_wait
 
@@ -37,10 +38,32 @@ DEFAULT_ACK_WAIT = 30.0
 GAP_GRACE_SECONDS = 5.0
 FAILING_MEMORY_SECONDS = 120.0
 
+_SEEN = "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::uuid[])"
+_POSITIONS = (
+    "SELECT p.aggregate, p.aggregate_id, p.version FROM consumer_positions p "
+    "JOIN unnest($2::text[], $3::text[]) AS k(a, i) "
+    "ON p.aggregate = k.a AND p.aggregate_id = k.i WHERE p.consumer = $1"
+)
+_RECORD_SEEN = "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])"
+_MOVE = (
+    "INSERT INTO consumer_positions (consumer, aggregate, aggregate_id, version) "
+    "SELECT $1, a, i, v FROM unnest($2::text[], $3::text[], $4::bigint[]) AS k(a, i, v) "
+    "ON CONFLICT (consumer, aggregate, aggregate_id) DO UPDATE SET version = EXCLUDED.version "
+    "WHERE consumer_positions.version < EXCLUDED.version"
+)
+
 Handler = Callable[[AsyncSession, IncomingEvent], Awaitable[None]]
 BatchHandler = Callable[[AsyncSession, list[IncomingEvent]], Awaitable[None]]
 ReplayOutcome = Literal["applied", "skipped", "gap"]
 K = TypeVar("K")  # what identifies a delivery: a NATS message, or the event id on a replay
+
+
+def _pending_after(m: Msg) -> int:
+    """How many messages the consumer still has for us after `m` (0 when unknown)."""
+    try:
+        return int(m.metadata.num_pending or 0)
+    except Exception:
+        return 0
 
 
 @dataclass
@@ -155,15 +178,19 @@ class ConsumerRunner:
                 self.subscribed.set()
                 delay = 0.2
                 while not self._stopping:
-                    # Wake on the first message, then take whatever else is already there. A
-                    # single fetch(batch_size) would hold the first message until the batch
-                    # filled or the wait ran out: lag for a trickle of events.
+                    # Wake on the first message, then take what is already waiting behind it
+                    # (its metadata says how many). A single fetch(batch_size) would hold the
+                    # first message until the batch filled or the wait ran out, and a second
+                    # fetch for "whatever is there" lingers out its timeout when nothing is:
+                    # lag for a trickle of events.
                     try:
                         msgs = await sub.fetch(1, timeout=1.0)
                     except TimeoutError:
                         continue
-                    with contextlib.suppress(TimeoutError):
-                        msgs += await sub.fetch(self.batch_size - 1, timeout=0.005)
+                    behind = _pending_after(msgs[-1])
+                    if behind:
+                        with contextlib.suppress(TimeoutError):
+                            msgs += await sub.fetch(min(self.batch_size - 1, behind), timeout=0.05)
                     await self.process(msgs)
             except asyncio.CancelledError:
                 raise
@@ -230,27 +257,15 @@ class ConsumerRunner:
         self, session: AsyncSession, events: list[tuple[K, IncomingEvent]]
     ) -> _Outcome[K]:
         name = self.durable
-        ids = [ev.id for _, ev in events]
-        seen = {
-            str(r[0])
-            for r in await session.execute(
-                text(
-                    "SELECT event_id FROM inbox WHERE consumer = :c "
-                    "AND event_id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                {"c": name, "ids": ids},
-            )
-        }
+        # The bookkeeping goes straight to the driver connection under the session (same
+        # transaction, cached prepared statements): it runs for every delivered batch.
+        driver = await raw_connection(session)
+        seen = {str(r[0]) for r in await driver.fetch(_SEEN, name, [ev.id for _, ev in events])}
         keys = {(ev.aggregate, ev.aggregate_id) for _, ev in events}
         positions: dict[tuple[str, str], int] = {
             (r[0], r[1]): r[2]
-            for r in await session.execute(
-                text(
-                    "SELECT p.aggregate, p.aggregate_id, p.version FROM consumer_positions p "
-                    "JOIN unnest(CAST(:aggs AS text[]), CAST(:agg_ids AS text[])) AS k(a, i) "
-                    "ON p.aggregate = k.a AND p.aggregate_id = k.i WHERE p.consumer = :c"
-                ),
-                {"c": name, "aggs": [k[0] for k in keys], "agg_ids": [k[1] for k in keys]},
+            for r in await driver.fetch(
+                _POSITIONS, name, [k[0] for k in keys], [k[1] for k in keys]
             )
         }
         outcome = _Outcome[K]()
@@ -277,29 +292,11 @@ class ConsumerRunner:
         if run:
             await self._dispatch(session, run)
         if applied:
-            await session.execute(
-                text(
-                    "INSERT INTO inbox (consumer, event_id) SELECT :c, unnest(CAST(:ids AS uuid[]))"
-                ),
-                {"c": name, "ids": applied},
-            )
+            await driver.execute(_RECORD_SEEN, name, applied)
             outcome.applied = applied
         if moved:
-            await session.execute(
-                text(
-                    "INSERT INTO consumer_positions (consumer, aggregate, aggregate_id, version) "
-                    "SELECT :c, a, i, v FROM unnest(CAST(:aggs AS text[]), "
-                    "CAST(:agg_ids AS text[]), CAST(:vs AS bigint[])) AS k(a, i, v) "
-                    "ON CONFLICT (consumer, aggregate, aggregate_id) DO UPDATE "
-                    "SET version = EXCLUDED.version "
-                    "WHERE consumer_positions.version < EXCLUDED.version"
-                ),
-                {
-                    "c": name,
-                    "aggs": [k[0] for k in moved],
-                    "agg_ids": [k[1] for k in moved],
-                    "vs": list(moved.values()),
-                },
+            await driver.execute(
+                _MOVE, name, [k[0] for k in moved], [k[1] for k in moved], list(moved.values())
             )
         return outcome
 

@@ -18,5 +18,12 @@ async def raw_connection(session: AsyncSession) -> Any:
     driver = raw.driver_connection
     assert driver is not None
     if not driver.is_in_transaction():
-        await session.execute(text("SELECT 1"))
+        adapter = raw.dbapi_connection
+        begin = getattr(adapter, "_start_transaction", None)
+        if begin is not None and getattr(adapter, "_transaction", False) is None:
+            # the adapter's own lazy BEGIN (what its first statement would do), so that its
+            # commit/rollback end this transaction; saves a `SELECT 1` round trip per write
+            await begin()
+        else:  # pragma: no cover - another adapter version: let SQLAlchemy begin
+            await session.execute(text("SELECT 1"))
     return driver

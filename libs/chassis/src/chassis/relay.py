@@ -1,8 +1,13 @@
 """The outbox relay: one active per service (PostgreSQL advisory lock), woken by
 LISTEN/NOTIFY with polling as the correctness path. Publishes unsent rows in commit order as
 JetStream atomic batches carrying `Nats-Msg-Id = event id`, and marks them sent only after the
-batch's commit ack. A batch refused for a duplicate id (a re-send after a crash) is re-sent
-one message at a time, so the broker drops exactly the duplicates."""
+batch's commit ack (one or two rows go out as plain acknowledged publishes, in order: lower
+latency). A batch refused for a duplicate id (a re-send after a crash) is re-sent one message
+at a time, so the broker drops exactly the duplicates.
+
+The relay's own connection commits without waiting for the WAL flush: a mark-sent lost in a
+database crash only means a re-send, which the broker (Nats-Msg-Id) and the consumers' inboxes
+drop."""
 
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from chassis.tasks import cancel_and_wait
 log = logging.getLogger("chassis.relay")
 
 ERR_BATCH_DUPLICATE = 10201  # the atomic batch contains an already-stored message id
+# Up to this many rows are published one acknowledged message at a time instead of as an
+# atomic batch: lower latency for the few events of a single write.
+SEQUENTIAL_UP_TO = 2
 
 
 class PublishError(Exception):
@@ -108,6 +116,7 @@ class Relay:
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
             await asyncio.sleep(2.0)  # another replica is the relay; take over if it dies
         self.is_leader = True
+        await conn.execute("SET synchronous_commit = off")
         await conn.add_listener(NOTIFY_CHANNEL, self.wake)
         log.info("relay of %s is leader", self.service)
         backoff = 0.1
@@ -144,6 +153,12 @@ class Relay:
         if not self._stream_ready:
             await self.bus.ensure_stream(self.stream)
             self._stream_ready = True
+        if len(rows) <= SEQUENTIAL_UP_TO:
+            # a lone event (the common case at a trickle): a plain acknowledged publish is
+            # ~1.2 ms where an atomic batch commit is ~4 ms (measured with sync_interval
+            # always); one at a time in order, so ordering holds without the batch
+            await self._publish_one_by_one(rows)
+            return
         nc = self.bus.nc
         batch_id = uuid.uuid4().hex
         last = len(rows)

@@ -146,11 +146,20 @@ _raw = raw_connection
 _JSON_COLUMNS = {"custom_fields", "external_ids", "consent"}
 
 
+_COPY_FROM = 20  # below this many rows a prepared INSERT is cheaper than COPY's set-up
+_CONTACT_NAMES = [c.name for c in CONTACT_COLUMNS]
+_INSERT_CONTACT = (
+    f"INSERT INTO contacts ({', '.join(_CONTACT_NAMES)}) VALUES "
+    f"({', '.join(f'${i + 1}' for i in range(len(_CONTACT_NAMES)))})"
+)
+
+
 async def insert_contacts(session: AsyncSession, rows: Sequence[Row]) -> None:
-    """COPY (binary) in the session's transaction: the batch path's bulk insert."""
+    """In the session's transaction: COPY (binary) for the batch path's bulk inserts, one
+    prepared INSERT for the few rows of a single create."""
     if not rows:
         return
-    names = [c.name for c in CONTACT_COLUMNS]
+    names = _CONTACT_NAMES
     records = [
         tuple(
             (json.dumps(r.get(n)) if r.get(n) is not None else None)
@@ -161,7 +170,10 @@ async def insert_contacts(session: AsyncSession, rows: Sequence[Row]) -> None:
         for r in rows
     ]
     driver = await _raw(session)
-    await driver.copy_records_to_table("contacts", records=records, columns=names)
+    if len(records) < _COPY_FROM:
+        await driver.executemany(_INSERT_CONTACT, records)
+    else:
+        await driver.copy_records_to_table("contacts", records=records, columns=names)
 
 
 async def update_contacts(session: AsyncSession, rows: Sequence[Row]) -> None:
@@ -518,13 +530,19 @@ async def list_companies(
 # --- custom field definitions ---------------------------------------------------------------
 
 
+_FIELD_SPECS = (
+    "SELECT key, type, required, options FROM custom_field_definitions "
+    "WHERE tenant_id = $1 AND object_type = $2"
+)
+
+
 async def field_specs(session: AsyncSession, tenant: str, object_type: str) -> dict[str, FieldSpec]:
-    stmt = select(fields_t.c.key, fields_t.c.type, fields_t.c.required, fields_t.c.options).where(
-        fields_t.c.tenant_id == tenant, fields_t.c.object_type == object_type
-    )
+    """Every write starts here, so it goes straight to the driver (a cached prepared
+    statement) instead of through SQLAlchemy's per-statement work."""
+    driver = await _raw(session)
     return {
-        r.key: FieldSpec(r.key, r.type, r.required, tuple(r.options))
-        for r in (await session.execute(stmt)).all()
+        r["key"]: FieldSpec(r["key"], r["type"], r["required"], tuple(r["options"]))
+        for r in await driver.fetch(_FIELD_SPECS, tenant, object_type)
     }
 
 

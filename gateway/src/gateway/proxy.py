@@ -72,15 +72,22 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-def make_client(base_url: str, settings: GatewaySettings) -> httpx.AsyncClient:
+def _timeout(settings: GatewaySettings) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=settings.proxy_connect_timeout,
+        read=settings.proxy_read_timeout,
+        write=settings.proxy_write_timeout,
+        pool=settings.proxy_pool_timeout,
+    )
+
+
+def make_client(
+    base_url: str, settings: GatewaySettings, transport: FastTransport | None = None
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            connect=settings.proxy_connect_timeout,
-            read=settings.proxy_read_timeout,
-            write=settings.proxy_write_timeout,
-            pool=settings.proxy_pool_timeout,
-        ),
-        transport=FastTransport(
+        timeout=_timeout(settings),
+        transport=transport
+        or FastTransport(
             max_connections=settings.proxy_max_connections,
             max_keepalive=settings.proxy_max_keepalive,
         ),
@@ -91,12 +98,46 @@ def make_client(base_url: str, settings: GatewaySettings) -> httpx.AsyncClient:
     )
 
 
+class Direct:
+    """The proxy's way to an upstream: requests straight to the client's transport. The
+    client's own send (cookie jar, auth flow, redirects, URL merging) costs as much as the
+    wire work, and a pass-through proxy needs none of it."""
+
+    def __init__(self, base_url: str, transport: FastTransport, timeout: httpx.Timeout) -> None:
+        self.base = base_url.rstrip("/")
+        self.transport = transport
+        self.extensions = {"timeout": timeout.as_dict()}
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None,
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method,
+            self.base + url,
+            headers=headers,
+            content=body,
+            extensions=self.extensions,
+        )
+        return await self.transport.handle_async_request(request)
+
+
 async def open_clients(app: FastAPI) -> None:
-    """Startup hook: one pooled client per configured upstream."""
+    """Startup hook: one pooled transport per configured upstream, used by the proxy directly
+    and by a client (admin calls, OpenAPI merge) over it."""
     settings: GatewaySettings = app.state.settings
-    app.state.upstreams = {
-        name: make_client(url, settings) for name, url in settings.upstreams.items()
-    }
+    app.state.upstreams = {}
+    app.state.direct = {}
+    for name, url in settings.upstreams.items():
+        transport = FastTransport(
+            max_connections=settings.proxy_max_connections,
+            max_keepalive=settings.proxy_max_keepalive,
+        )
+        app.state.upstreams[name] = make_client(url, settings, transport)
+        app.state.direct[name] = Direct(url, transport, _timeout(settings))
 
 
 async def close_clients(app: FastAPI) -> None:
@@ -202,15 +243,11 @@ class Upstream:
         query = scope.get("query_string", b"")
         url = (path + b"?" + query if query else path).decode("latin-1")
 
-        upstream: httpx.AsyncClient = state.upstreams[self.name]
-        request = upstream.build_request(
-            scope["method"],
-            url,
-            headers=forward,
-            content=_request_body(receive) if has_body else None,
-        )
+        upstream: Direct = state.direct[self.name]
         try:
-            response = await upstream.send(request, stream=True)
+            response = await upstream.send(
+                scope["method"], url, forward, _request_body(receive) if has_body else None
+            )
         except httpx.TimeoutException:
             log.warning("upstream %s timed out on %s %s", self.name, scope["method"], url)
             await send_problem(

@@ -101,7 +101,8 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        telemetry.instrument_engine(db.engine)
+        if settings.trace_sql:
+            telemetry.instrument_engine(db.engine)
         keys = KeySet(jwks_file=settings.jwks_file, jwks_url=settings.jwks_url)
         await keys.load()
         bus = Bus(settings.nats_url, name=f"crm-{spec.name}")

@@ -134,6 +134,28 @@ class TestImportCsv:
         missing = await api.client.get(f"/v1/contacts/imports/{uuid.uuid4()}", headers=api.h())
         assert missing.status_code == 404
 
+    async def test_a_sales_rep_reads_only_their_own_jobs(self, api: Any) -> None:
+        rep = api.h(role="sales_rep", sub="rep-1")
+        r = await api.client.post(
+            "/v1/contacts/imports",
+            headers=rep,
+            files={"file": ("p.csv", b"email\nrep1@x.com\n", "text/csv")},
+        )
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        await finished(api, job_id)
+        own = await api.client.get(f"/v1/contacts/imports/{job_id}", headers=rep)
+        assert own.status_code == 200
+        assert own.json()["created"] == 1
+        other_rep = api.h(role="sales_rep", sub="rep-2")
+        r = await api.client.get(f"/v1/contacts/imports/{job_id}", headers=other_rep)
+        assert r.status_code == 404
+        assert r.headers["content-type"].startswith("application/problem+json")
+        manager = await api.client.get(
+            f"/v1/contacts/imports/{job_id}", headers=api.h(role="sales_manager")
+        )
+        assert manager.status_code == 200
+
 
 class TestImportXlsx:
     async def test_xlsx(self, api: Any) -> None:

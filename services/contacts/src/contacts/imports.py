@@ -399,6 +399,10 @@ class ImportService:
         job = None
         if not self.caller.sees_nothing:
             job = await repo.get_job(self.session, self.caller.tenant, job_id)
+        # a sales rep reads only the jobs they started: a job's row errors quote its file
+        mine = job is not None and (job.get("actor") or {}).get("sub") == self.caller.sub
+        if not self.caller.sees_tenant and not mine:
+            job = None
         if job is None:
             raise ImportJobNotFound(job_id)
         job["errors"] = await repo.job_errors(self.session, self.caller.tenant, job_id, error_limit)

@@ -37,6 +37,8 @@ DEFAULT_ACK_WAIT = 30.0
 # How much longer than the ack wait the last retry of a version gap waits (see _retry_later).
 GAP_GRACE_SECONDS = 5.0
 FAILING_MEMORY_SECONDS = 120.0
+# A batch starting sooner than this after the previous one ended means events are flowing.
+BUSY_GAP_SECONDS = 0.05
 
 _SEEN = "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::uuid[])"
 _POSITIONS = (
@@ -177,21 +179,23 @@ class ConsumerRunner:
                 sub = await self._subscribe()
                 self.subscribed.set()
                 delay = 0.2
+                last_done = 0.0
                 while not self._stopping:
-                    # Wake on the first message, then take what is already waiting behind it
-                    # (its metadata says how many). A single fetch(batch_size) would hold the
-                    # first message until the batch filled or the wait ran out, and a second
-                    # fetch for "whatever is there" lingers out its timeout when nothing is:
-                    # lag for a trickle of events.
+                    # Wake on the first message. At a trickle (nothing behind it, the last
+                    # batch long done) apply it at once; under load wait a few ms for more, so
+                    # that batches grow with the rate instead of one transaction per event. A
+                    # single fetch(batch_size) would hold the first message until the batch
+                    # filled or the wait ran out.
                     try:
                         msgs = await sub.fetch(1, timeout=1.0)
                     except TimeoutError:
                         continue
-                    behind = _pending_after(msgs[-1])
-                    if behind:
+                    busy = time.monotonic() - last_done < BUSY_GAP_SECONDS
+                    if busy or _pending_after(msgs[-1]):
                         with contextlib.suppress(TimeoutError):
-                            msgs += await sub.fetch(min(self.batch_size - 1, behind), timeout=0.05)
+                            msgs += await sub.fetch(self.batch_size - 1, timeout=0.005)
                     await self.process(msgs)
+                    last_done = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as e:

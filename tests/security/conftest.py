@@ -393,7 +393,7 @@ async def import_job(api: Api) -> str:
     r = await api.client.post(
         "/v1/contacts/imports",
         files={"file": ("c.csv", csv, "text/csv")},
-        headers=api.auth("admin"),
+        headers=api.auth("sales_rep"),  # the rep's own job: a rep reads only theirs
     )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])

@@ -259,3 +259,35 @@ class TestQuotaReads:
         assert r.status_code == 404
         r = await client.get("/v1/quotas", params={"period": "Q4"}, headers=api.h())
         assert r.status_code == 422
+
+
+class TestBookSnapshot:
+    async def test_a_plan_created_while_the_book_loads_is_left_for_the_next_load(
+        self, api: Any, db_url: str
+    ) -> None:
+        """Plans and their versions are read by two statements; a plan committed between them
+        must not break the load (it was a 500 on a concurrent assignment)."""
+        import asyncpg
+
+        from chassis.db import asyncpg_dsn
+        from commissions.org import Book
+
+        first = await api.plan()
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        made: list[dict[str, Any]] = []
+
+        class Interleaved:
+            async def fetch(self, query: str, *args: Any) -> Any:
+                rows = await conn.fetch(query, *args)
+                if "FROM plans" in query and not made:
+                    made.append(await api.plan(name="Committed meanwhile"))
+                return rows
+
+        try:
+            book = await Book.load(Interleaved(), "acme")
+            again = await Book.load(conn, "acme")
+        finally:
+            await conn.close()
+        assert list(book.plans) == [first["id"]]
+        assert book.plans[first["id"]].versions
+        assert set(again.plans) == {first["id"], made[0]["id"]}

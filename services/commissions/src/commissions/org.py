@@ -136,9 +136,13 @@ class Book:
             "WHERE tenant_id = $1 ORDER BY plan_id, number",
             tenant,
         ):
-            plans[str(r["plan_id"])].versions.append(
-                terms_from_json(r["number"], r["effective_from"], json.loads(r["terms"]))
-            )
+            # Each statement sees its own snapshot: a plan committed after the first one is
+            # not in `plans`, and is left, versions and all, to the next load.
+            plan = plans.get(str(r["plan_id"]))
+            if plan is not None:
+                plan.versions.append(
+                    terms_from_json(r["number"], r["effective_from"], json.loads(r["terms"]))
+                )
         assignments = [
             Assignment(
                 str(r["id"]),

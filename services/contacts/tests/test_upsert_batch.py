@@ -70,6 +70,16 @@ class TestUpsertContactByExternalId:
 
 
 class TestBatchUpsert:
+    async def test_other_methods_on_batch_are_405(self, api: Any) -> None:
+        """/batch is not a contact id: PATCH, GET and DELETE there are 405 naming POST."""
+        for method in ("PATCH", "GET", "DELETE"):
+            r = await api.client.request(method, "/v1/contacts/batch", headers=api.h())
+            assert r.status_code == 405, (method, r.status_code, r.text)
+            assert r.headers["allow"] == "POST"
+            assert r.headers["content-type"].startswith("application/problem+json")
+        r = await api.client.get("/v1/contacts/not-a-uuid", headers=api.h())
+        assert r.status_code == 404
+
     async def test_partial_success(self, api: Any) -> None:
         await api.field("size", "number")
         existing = await api.contact(email="old@x.com", first_name="Old")

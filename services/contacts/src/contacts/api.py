@@ -217,13 +217,13 @@ async def upsert_contact(
     return contact_out(row, response)
 
 
-@contacts_router.get("/{contact_id}", response_model=ContactPublic)
+@contacts_router.get("/{contact_id:uuid}", response_model=ContactPublic)
 async def get_contact(contact_id: uuid.UUID, svc: Contacts, response: Response) -> ContactPublic:
     """Read a contact."""
     return contact_out(await svc.get(contact_id), response)
 
 
-@contacts_router.patch("/{contact_id}", response_model=ContactPublic)
+@contacts_router.patch("/{contact_id:uuid}", response_model=ContactPublic)
 async def update_contact(
     contact_id: uuid.UUID,
     body: ContactIn,
@@ -235,7 +235,7 @@ async def update_contact(
     return contact_out(await svc.update(contact_id, body, if_match), response)
 
 
-@contacts_router.delete("/{contact_id}", status_code=204)
+@contacts_router.delete("/{contact_id:uuid}", status_code=204)
 async def delete_contact(
     contact_id: uuid.UUID, svc: Contacts, if_match: IfMatch = None
 ) -> Response:

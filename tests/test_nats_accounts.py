@@ -149,11 +149,19 @@ class TestLiveEvents:
 
         await clients.acme.subscribe("crm.*.acme.>", cb=on_msg)
         await clients.acme.flush()
-        await publish_events(clients.crm)
-        await wait_for(lambda: _ready(len(got) >= 2), timeout=10, message="acme's 2 events")
+
+        async def arrived() -> bool:
+            # Live delivery is at most once, and the partner's interest reaches the exporting
+            # account asynchronously: on a loaded machine the first publish can precede it.
+            # Publish again until the events arrive (JetStream replay is tested below).
+            if len(set(got)) < 2:
+                await publish_events(clients.crm)
+            return len(set(got)) >= 2
+
+        await wait_for(arrived, timeout=20, interval=0.25, message="acme's 2 events")
         await clients.crm.flush()
         await clients.acme.flush()
-        assert sorted(got) == ["crm.contacts.acme.contact.created", "crm.pipeline.acme.deal.won"]
+        assert set(got) == {"crm.contacts.acme.contact.created", "crm.pipeline.acme.deal.won"}
 
     @pytest.mark.parametrize("subject", ["crm.*.globex.>", "crm.>", ">", "crm.contacts.globex.*.*"])
     async def test_subscribing_wider_or_to_another_tenant_is_refused(

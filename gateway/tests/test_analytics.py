@@ -20,11 +20,11 @@ from httpx import ASGITransport, AsyncClient
 from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
 from chassis.testing import Infra, running, wait_for
-from crm.common.v1.common_pb2 import EventMeta, Money
+from crm.common.v1.common_pb2 import Money
 from crm.pipeline.v1 import pipeline_pb2 as ppb
-from crm.registry import ce_type_for
 from crm.tickets.v1 import tickets_pb2 as tpb
 from gateway.app import build
+from gateway.outgoing import outgoing_event
 from gateway.readmodel.analytics.scoring import HEALTH_SIGNALS
 from gateway.settings import GatewaySettings
 
@@ -40,16 +40,13 @@ def ts(t: datetime) -> Timestamp:
 
 
 def wrap(msg: Any, tenant: str, aggregate_id: str, version: int, source: str) -> OutgoingEvent:
-    msg.meta.CopyFrom(
-        EventMeta(tenant_id=tenant, aggregate_id=aggregate_id, version=version, occurred_at=ts(NOW))
-    )
-    return OutgoingEvent(
-        message=msg,
-        ce_type=ce_type_for(msg),
+    return outgoing_event(
+        msg,
         tenant=tenant,
         aggregate_id=aggregate_id,
         version=version,
         source=source,
+        occurred_at=NOW,
     )
 
 

@@ -15,9 +15,9 @@ from httpx import AsyncClient
 from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
 from chassis.testing import Infra, wait_for
-from crm.common.v1.common_pb2 import EventMeta, Money
+from crm.common.v1.common_pb2 import Money
 from crm.pipeline.v1 import pipeline_pb2 as pb
-from crm.registry import ce_type_for
+from gateway.outgoing import outgoing_event
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -29,22 +29,14 @@ def ts(t: datetime) -> Timestamp:
 
 
 def pipeline_event(msg: Any, tenant: str, aggregate_id: str, version: int) -> OutgoingEvent:
-    msg.meta.CopyFrom(
-        EventMeta(
-            tenant_id=tenant,
-            aggregate_id=aggregate_id,
-            version=version,
-            actor="u-rep1",
-            occurred_at=ts(T0 + timedelta(minutes=version)),
-        )
-    )
-    return OutgoingEvent(
-        message=msg,
-        ce_type=ce_type_for(msg),
+    return outgoing_event(
+        msg,
         tenant=tenant,
         aggregate_id=aggregate_id,
         version=version,
         source="crm/pipeline",
+        occurred_at=T0 + timedelta(minutes=version),
+        actor="u-rep1",
     )
 
 

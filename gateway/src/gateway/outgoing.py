@@ -16,18 +16,27 @@ from crm.registry import ce_type_for
 SOURCE = "crm/gateway"
 
 
-def gateway_event(
-    msg: Any, *, tenant: str, aggregate_id: str, version: int, origin: str, now: datetime
+def outgoing_event(
+    msg: Any,
+    *,
+    tenant: str,
+    aggregate_id: str,
+    version: int,
+    source: str,
+    occurred_at: datetime,
+    actor: str = "",
+    origin: str = "",
 ) -> OutgoingEvent:
-    """`msg` (a registered message with a `meta` field) as an outbox event of the gateway."""
+    """`msg` (a registered message with a `meta` field) as an outbox event of `source`, its
+    `meta` filled in and its ce-type from the registry."""
     at = Timestamp()
-    at.FromDatetime(now)
+    at.FromDatetime(occurred_at)
     msg.meta.CopyFrom(
         EventMeta(
             tenant_id=tenant,
             aggregate_id=aggregate_id,
             version=version,
-            actor="gateway",
+            actor=actor,
             origin=origin,
             occurred_at=at,
         )
@@ -38,5 +47,21 @@ def gateway_event(
         tenant=tenant,
         aggregate_id=aggregate_id,
         version=version,
+        source=source,
+    )
+
+
+def gateway_event(
+    msg: Any, *, tenant: str, aggregate_id: str, version: int, origin: str, now: datetime
+) -> OutgoingEvent:
+    """`msg` as an outbox event of the gateway."""
+    return outgoing_event(
+        msg,
+        tenant=tenant,
+        aggregate_id=aggregate_id,
+        version=version,
         source=SOURCE,
+        occurred_at=now,
+        actor="gateway",
+        origin=origin,
     )

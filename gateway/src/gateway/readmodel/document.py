@@ -26,6 +26,8 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis.driver import raw_connection
+
 # The sections other contexts fill, with their value for a customer they know nothing about.
 EMPTY_SECTIONS: dict[str, Any] = {
     "deals": [],
@@ -48,27 +50,33 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-_UPSERT_CONTACT = text("""
+# One statement for a whole run of documents: the rows come as parallel arrays (cheaper for
+# PostgreSQL than one execution per row, and one prepared statement on the driver).
+_UPSERT_CONTACTS = """
 INSERT INTO customer_360 AS c (tenant_id, contact_id, company_id, owner_id, contact_version,
                                updated_at, sort_name, search_text, rfm_segment, health_score,
-                               health_band, churn_risk, doc)
-SELECT CAST(:tenant AS text), CAST(:contact_id AS uuid), CAST(:company_id AS uuid),
-       CAST(:owner_id AS text), CAST(:version AS bigint), now(), lower(CAST(:name AS text)),
-       lower(CAST(:name AS text) || ' ' || COALESCE(CAST(:email AS text), '') || ' '
-             || COALESCE(co.doc ->> 'name', '')),
-       CAST(:rfm_segment AS text), CAST(:health_score AS integer), CAST(:health_band AS text),
-       CAST(:churn_risk AS numeric),
-       CAST(:skeleton AS jsonb) || jsonb_build_object(
-           'customer_id', CAST(:contact_id AS text), 'contact', CAST(:contact AS jsonb),
-           'company', co.doc, 'as_of', CAST(:as_of AS text),
+                               health_band, churn_risk, revision, doc)
+SELECT u.tenant, u.contact_id, u.company_id, u.owner_id, u.version, now(), lower(u.name),
+       lower(u.name || ' ' || COALESCE(u.email, '') || ' ' || COALESCE(co.doc ->> 'name', '')),
+       u.rfm_segment, u.health_score, u.health_band, u.churn_risk, u.changes,
+       CAST(u.skeleton AS jsonb) || jsonb_build_object(
+           'customer_id', CAST(u.contact_id AS text), 'contact', CAST(u.contact AS jsonb),
+           'company', co.doc, 'as_of', u.as_of,
            'versions', jsonb_strip_nulls(jsonb_build_object(
-               'contact', CAST(:version AS bigint), 'company', co.version)))
-FROM (SELECT 1) AS one
-LEFT JOIN rm_companies co
-       ON co.tenant_id = :tenant AND co.company_id = CAST(:company_id AS uuid)
+               'contact', u.version, 'company', co.version)))
+FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[],
+            $7::text[], $8::text[], $9::integer[], $10::text[], $11::numeric[], $12::text[],
+            $13::text[], $14::text[], $15::bigint[])
+     WITH ORDINALITY AS u(tenant, contact_id, company_id, owner_id, version, name, email,
+                          rfm_segment, health_score, health_band, churn_risk, skeleton,
+                          contact, as_of, changes, n)
+LEFT JOIN rm_companies co ON co.tenant_id = u.tenant AND co.company_id = u.company_id
+ORDER BY u.n
 ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
     company_id = EXCLUDED.company_id, owner_id = EXCLUDED.owner_id,
-    contact_version = EXCLUDED.contact_version, updated_at = now(), revision = c.revision + 1,
+    -- `changes`: the versions of the contact this row stands for (see upsert_contacts)
+    contact_version = EXCLUDED.contact_version, updated_at = now(),
+    revision = c.revision + EXCLUDED.revision,
     state = 'active', sort_name = EXCLUDED.sort_name, search_text = EXCLUDED.search_text,
     -- a `pending` row's document is born here, with the metrics of the parameters
     rfm_segment = CASE WHEN c.doc IS NULL THEN EXCLUDED.rfm_segment ELSE c.rfm_segment END,
@@ -82,7 +90,24 @@ ON CONFLICT (tenant_id, contact_id) DO UPDATE SET
         'versions', COALESCE(c.doc -> 'versions', '{}'::jsonb) - 'company'
                     || (EXCLUDED.doc -> 'versions'))
 WHERE c.state IN ('active', 'pending') AND c.contact_version < EXCLUDED.contact_version
-""")
+"""
+_UPSERT_COLUMNS = (
+    "tenant",
+    "contact_id",
+    "company_id",
+    "owner_id",
+    "version",
+    "name",
+    "email",
+    "rfm_segment",
+    "health_score",
+    "health_band",
+    "churn_risk",
+    "skeleton",
+    "contact",
+    "as_of",
+    "changes",
+)
 
 
 def skeleton(metrics: dict[str, Any] | None = None) -> str:
@@ -136,10 +161,22 @@ def start_with_metrics(params: dict[str, Any], metrics: dict[str, Any]) -> None:
 
 
 async def upsert_contacts(session: AsyncSession, params: list[dict[str, Any]]) -> None:
-    """Create each document, or replace its contact (and embedded company) section: one
-    executemany of `contact_params`, in order."""
-    if params:
-        await session.execute(_UPSERT_CONTACT, params)
+    """Create each document, or replace its contact (and embedded company) section, from
+    `contact_params` in order, with one statement.
+
+    A statement may change a row only once, so of several versions of one contact only the
+    last is written: each version replaces the whole contact section, so the result is the
+    one the versions in turn would leave, and the revision (the ETag) still counts each."""
+    if not params:
+        return
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in params:
+        key = (p["tenant"], p["contact_id"])
+        earlier = last.pop(key, None)  # keep the order of the last occurrence
+        last[key] = {**p, "changes": 1 + (earlier["changes"] if earlier else 0)}
+    rows = list(last.values())
+    driver = await raw_connection(session)
+    await driver.execute(_UPSERT_CONTACTS, *([r[c] for r in rows] for c in _UPSERT_COLUMNS))
 
 
 _TOMBSTONE = text("""

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis.driver import raw_connection
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -46,12 +48,33 @@ async def record(session: AsyncSession, tenant: str, contact_id: str, entry: Ent
     await session.execute(_RECORD, {**entry.params(tenant), "contact_id": contact_id})
 
 
+_RECORD_MANY = """
+    INSERT INTO timeline (tenant_id, contact_id, occurred_at, kind, summary, data, event_id)
+    SELECT u.tenant, u.contact_id, u.occurred_at, u.kind, u.summary, CAST(u.data AS jsonb),
+           u.event_id
+    FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                $7::uuid[]) WITH ORDINALITY
+         AS u(tenant, contact_id, occurred_at, kind, summary, data, event_id, n)
+    ORDER BY u.n
+    ON CONFLICT (event_id, contact_id) DO NOTHING
+"""
+
+
 async def record_many(session: AsyncSession, items: list[tuple[str, str, Entry]]) -> None:
-    """`record` for many (tenant, contact_id, entry) in one executemany."""
-    if items:
-        await session.execute(
-            _RECORD, [{**e.params(tenant), "contact_id": cid} for tenant, cid, e in items]
-        )
+    """`record` for many (tenant, contact_id, entry), in order, with one statement."""
+    if not items:
+        return
+    driver = await raw_connection(session)
+    await driver.execute(
+        _RECORD_MANY,
+        [tenant for tenant, _, _ in items],
+        [cid for _, cid, _ in items],
+        [e.occurred_at for _, _, e in items],
+        [e.kind for _, _, e in items],
+        [e.summary for _, _, e in items],
+        [json.dumps(e.data, separators=(",", ":")) for _, _, e in items],
+        [e.event_id for _, _, e in items],
+    )
 
 
 async def record_for_company(

@@ -41,10 +41,13 @@ FAILING_MEMORY_SECONDS = 120.0
 BUSY_GAP_SECONDS = 0.05
 
 _SEEN = "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::uuid[])"
+# One primary-key probe per key (LATERAL ... LIMIT 1 keeps the planner from turning it into a
+# hash join over every position of the consumer: a scan that grows with the table, and the
+# plan a prepared statement would keep for a lone event after a few big batches).
 _POSITIONS = (
-    "SELECT p.aggregate, p.aggregate_id, p.version FROM consumer_positions p "
-    "JOIN unnest($2::text[], $3::text[]) AS k(a, i) "
-    "ON p.aggregate = k.a AND p.aggregate_id = k.i WHERE p.consumer = $1"
+    "SELECT k.a, k.i, p.version FROM unnest($2::text[], $3::text[]) AS k(a, i) "
+    "CROSS JOIN LATERAL (SELECT version FROM consumer_positions WHERE consumer = $1 "
+    "AND aggregate = k.a AND aggregate_id = k.i LIMIT 1) AS p"
 )
 _RECORD_SEEN = "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[])"
 _MOVE = (

@@ -105,11 +105,13 @@ async def contact_ids_by_external(
     pairs = list(set(keys))
     if not pairs:
         return {}
-    # two array parameters instead of 2 x N scalars
+    # two array parameters instead of 2 x N scalars; one primary-key probe per key (a plain
+    # join may become a hash join over all of the tenant's ids)
     rows = await (await _raw(session)).fetch(
-        "SELECT x.system, x.external_id, x.contact_id FROM contact_external_ids x "
-        "JOIN unnest($2::text[], $3::text[]) AS k(system, external_id) "
-        "ON x.system = k.system AND x.external_id = k.external_id WHERE x.tenant_id = $1",
+        "SELECT k.system, k.external_id, x.contact_id "
+        "FROM unnest($2::text[], $3::text[]) AS k(system, external_id) "
+        "CROSS JOIN LATERAL (SELECT contact_id FROM contact_external_ids WHERE tenant_id = $1 "
+        "AND system = k.system AND external_id = k.external_id LIMIT 1) AS x",
         tenant,
         [p[0] for p in pairs],
         [p[1] for p in pairs],

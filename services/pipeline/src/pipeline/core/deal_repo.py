@@ -84,9 +84,10 @@ async def ids_by_external(
         return {}
     rows = await fetch(
         session,
-        "SELECT x.system, x.external_id, x.deal_id FROM deal_external_ids x "
-        "JOIN unnest($2::text[], $3::text[]) AS k(system, external_id) "
-        "ON x.system = k.system AND x.external_id = k.external_id WHERE x.tenant_id = $1",
+        "SELECT k.system, k.external_id, x.deal_id "
+        "FROM unnest($2::text[], $3::text[]) AS k(system, external_id) "
+        "CROSS JOIN LATERAL (SELECT deal_id FROM deal_external_ids WHERE tenant_id = $1 "
+        "AND system = k.system AND external_id = k.external_id LIMIT 1) AS x",
         tenant,
         [p[0] for p in pairs],
         [p[1] for p in pairs],

@@ -283,9 +283,10 @@ class OrderService:
         if keys:
             for r in await fetch(
                 self.session,
-                "SELECT x.system, x.external_id, x.order_id FROM order_external_ids x "
-                "JOIN unnest($2::text[], $3::text[]) AS k(system, external_id) "
-                "ON x.system = k.system AND x.external_id = k.external_id WHERE x.tenant_id = $1",
+                "SELECT k.system, k.external_id, x.order_id "
+                "FROM unnest($2::text[], $3::text[]) AS k(system, external_id) "
+                "CROSS JOIN LATERAL (SELECT order_id FROM order_external_ids WHERE tenant_id = $1 "
+                "AND system = k.system AND external_id = k.external_id LIMIT 1) AS x",
                 self.tenant,
                 [k[0] for k in keys],
                 [k[1] for k in keys],

@@ -39,7 +39,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=max(1, pool_size // 4),
             pool_pre_ping=False,
         )
         self.sessionmaker = async_sessionmaker(

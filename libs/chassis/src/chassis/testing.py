@@ -61,7 +61,7 @@ class Infra:
             "jwks_file": self.jwt_dir / "jwks.json",
             "relay_poll_seconds": 0.5,
             "log_json": False,
-            "db_pool_size": 5,
+            "db_pool_size": 8,  # at most 10 with the burst allowance
             "consumer_max_deliver": 4,
         }
         values.update(overrides)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format
-from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chassis.consumer import Consumer
+from chassis.driver import raw_connection
 from chassis.events import IncomingEvent
 from crm.registry import EVENT_TYPES
 from gateway.webhooks.fanout import FANOUT_SQL, wake_after_commit
@@ -33,10 +33,8 @@ WITH logged AS (
     INSERT INTO event_log
         (tenant_id, event_id, ce_type, source, aggregate, aggregate_id, version, time, data)
     SELECT t, e, c, s, a, i, v, tm, d::jsonb
-    FROM unnest(CAST(:tenants AS text[]), CAST(:ids AS uuid[]), CAST(:types AS text[]),
-                CAST(:sources AS text[]), CAST(:aggs AS text[]), CAST(:agg_ids AS text[]),
-                CAST(:versions AS bigint[]), CAST(:times AS timestamptz[]),
-                CAST(:data AS text[]))
+    FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::bigint[], $8::timestamptz[], $9::text[])
          WITH ORDINALITY AS u(t, e, c, s, a, i, v, tm, d, n)
     ORDER BY n
     RETURNING position, tenant_id, event_id, ce_type, aggregate, aggregate_id
@@ -55,22 +53,21 @@ def event_json(event: IncomingEvent) -> str:
 
 async def log_events(session: AsyncSession, events: list[IncomingEvent]) -> None:
     """Append a run of events (stream order) to the log and queue their webhook deliveries,
-    with one statement."""
-    result = await session.execute(
-        text(_LOG_SQL),
-        {
-            "tenants": [e.tenant for e in events],
-            "ids": [e.id for e in events],
-            "types": [e.type for e in events],
-            "sources": [e.source for e in events],
-            "aggs": [e.aggregate for e in events],
-            "agg_ids": [e.aggregate_id for e in events],
-            "versions": [e.version for e in events],
-            "times": [e.time for e in events],
-            "data": [event_json(e) for e in events],
-        },
+    with one statement (prepared, on the driver connection: it runs for every batch)."""
+    driver = await raw_connection(session)
+    queued = await driver.fetch(
+        _LOG_SQL,
+        [e.tenant for e in events],
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.source for e in events],
+        [e.aggregate for e in events],
+        [e.aggregate_id for e in events],
+        [e.version for e in events],
+        [e.time for e in events],
+        [event_json(e) for e in events],
     )
-    if result.first() is not None:
+    if queued:
         wake_after_commit(session)
 
 

@@ -113,7 +113,12 @@ _UPSERT_COLUMNS = (
 def skeleton(metrics: dict[str, Any] | None = None) -> str:
     """The `skeleton` parameter of `contact_params`: what a new document starts with (its
     `metrics` when given); an existing document keeps its own."""
-    return _json(EMPTY_SECTIONS if metrics is None else {**EMPTY_SECTIONS, "metrics": metrics})
+    if metrics is None:
+        return _EMPTY_SKELETON
+    return _json({**EMPTY_SECTIONS, "metrics": metrics})
+
+
+_EMPTY_SKELETON = _json(EMPTY_SECTIONS)
 
 
 def contact_params(
@@ -154,10 +159,22 @@ def metric_columns(metrics: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def start_with_metrics(params: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Make the `contact_params` of a new document start with these metrics."""
-    params["skeleton"] = skeleton(metrics)
-    params.update(metric_columns(metrics))
+@dataclass(frozen=True)
+class Start:
+    """What a new document starts with, rendered once for many `contact_params`."""
+
+    skeleton: str
+    columns: dict[str, Any]
+
+    @classmethod
+    def with_metrics(cls, metrics: dict[str, Any]) -> Start:
+        return cls(skeleton(metrics), metric_columns(metrics))
+
+
+def start_with(params: dict[str, Any], start: Start) -> None:
+    """Make the `contact_params` of a new document start with `start` (its metrics)."""
+    params["skeleton"] = start.skeleton
+    params.update(start.columns)
 
 
 async def upsert_contacts(session: AsyncSession, params: list[dict[str, Any]]) -> None:
@@ -609,12 +626,12 @@ async def rebuild(session: AsyncSession, tenant: str, contact_ids: list[str]) ->
     their documents were created: the items may have arrived first)."""
     if not contact_ids or not _BUILDERS:
         return
-    rows = await session.execute(
-        text("""
-        SELECT DISTINCT CAST(contact_id AS text) FROM rm_items
-        WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
-    """),
-        {"tenant": tenant, "ids": contact_ids},
+    driver = await raw_connection(session)  # a cached prepared statement: runs per batch
+    rows = await driver.fetch(
+        "SELECT DISTINCT CAST(contact_id AS text) FROM rm_items "
+        "WHERE tenant_id = $1 AND contact_id = ANY($2::uuid[])",
+        tenant,
+        contact_ids,
     )
     with_items = [r[0] for r in rows]
     if with_items:

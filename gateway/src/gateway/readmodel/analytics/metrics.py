@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from chassis import outbox
+from chassis.driver import raw_connection
 from crm.customers.v1 import customers_pb2 as pb
 from gateway.outgoing import gateway_event
 from gateway.readmodel import document
@@ -104,24 +105,26 @@ async def load_cuts(session: AsyncSession, tenant: str) -> Cuts:
     return Cuts({"recency": row[0], "frequency": row[1], "monetary": row[2]}, row[3])
 
 
+_LOAD_BOTH = """
+    SELECT h.weights, h.churn_threshold, h.version,
+           b.recency, b.frequency, b.monetary, b.currency
+    FROM (SELECT 1) AS one
+    LEFT JOIN health_settings h ON h.tenant_id = $1
+    LEFT JOIN rfm_breakpoints b ON b.tenant_id = $1
+"""
+
+
 async def load_both(session: AsyncSession, tenant: str) -> tuple[HealthSettings, Cuts | None]:
     """Settings and stored breakpoints in one round trip (the incremental path); None for
     breakpoints not computed yet."""
-    row = (
-        await session.execute(
-            text("""
-            SELECT h.weights, h.churn_threshold, h.version,
-                   b.recency, b.frequency, b.monetary, b.currency
-            FROM (SELECT 1) AS one
-            LEFT JOIN health_settings h ON h.tenant_id = :tenant
-            LEFT JOIN rfm_breakpoints b ON b.tenant_id = :tenant
-        """),
-            {"tenant": tenant},
-        )
-    ).one()
+    # on the driver connection (a cached prepared statement): every read-model batch that
+    # creates documents runs it
+    driver = await raw_connection(session)
+    row = await driver.fetchrow(_LOAD_BOTH, tenant)
     settings = DEFAULT_SETTINGS
     if row[0] is not None:
-        weights = {**scoring.DEFAULT_WEIGHTS, **{k: float(v) for k, v in row[0].items()}}
+        stored = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+        weights = {**scoring.DEFAULT_WEIGHTS, **{k: float(v) for k, v in stored.items()}}
         settings = HealthSettings(weights, Decimal(row[1]), int(row[2]))
     cuts = None
     if row[3] is not None:

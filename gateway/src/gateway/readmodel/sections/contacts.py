@@ -104,7 +104,7 @@ async def _apply_contacts(
     it and is applied on its own)."""
     docs: list[dict[str, Any]] = []
     entries: list[tuple[str, str, Entry]] = []
-    starting: dict[str, dict[str, Any]] = {}
+    starting: dict[str, document.Start] = {}
 
     async def flush() -> None:
         # In key order, as the section consumers lock the rows (`pending` rows), against
@@ -113,8 +113,9 @@ async def _apply_contacts(
         # A new document is born with the metrics of "nothing known" (the tenant's weights).
         for d in docs:
             if d["tenant"] not in starting:
-                starting[d["tenant"]] = await metrics.empty_metrics(session, d["tenant"])
-            document.start_with_metrics(d, starting[d["tenant"]])
+                empty = await metrics.empty_metrics(session, d["tenant"])
+                starting[d["tenant"]] = document.Start.with_metrics(empty)
+            document.start_with(d, starting[d["tenant"]])
         await document.upsert_contacts(session, docs)
         await timeline.record_many(session, entries)
         # Items of other sections (a deal, a ticket) may have arrived before the contact.

@@ -100,7 +100,11 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            read_pool_size=settings.db_read_pool_size,
+        )
         if settings.trace_sql:
             telemetry.instrument_engine(db.engine)
         keys = KeySet(jwks_file=settings.jwks_file, jwks_url=settings.jwks_url)

@@ -34,7 +34,7 @@ class Database:
     """One service's database: an SQLAlchemy engine and, on demand, a raw asyncpg pool for
     hot read paths where ORM overhead is not affordable."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, read_pool_size: int | None = None) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
@@ -46,7 +46,7 @@ class Database:
             self.engine, class_=AsyncSession, expire_on_commit=False, autoflush=True
         )
         self._pool: asyncpg.Pool | None = None
-        self._pool_size = pool_size
+        self._pool_size = read_pool_size or pool_size
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:

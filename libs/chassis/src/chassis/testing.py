@@ -62,6 +62,7 @@ class Infra:
             "relay_poll_seconds": 0.5,
             "log_json": False,
             "db_pool_size": 8,  # at most 10 with the burst allowance
+            "db_read_pool_size": 5,
             "consumer_max_deliver": 4,
         }
         values.update(overrides)

@@ -234,8 +234,8 @@ class ImportRunner:
                 await t
 
     async def _run(self, tenant: str, job_id: uuid.UUID) -> None:
-        pool = await self.db.pool()
-        async with pool.acquire() as lock_conn:
+        # a connection of its own: the lock is session state, held for the whole job
+        async with self.db.dedicated() as lock_conn:
             if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(job_id)):
                 return  # another replica runs it
             try:

@@ -1,4 +1,5 @@
-"""Spans leave the process over OTLP/HTTP when the standard variables say where to."""
+"""Spans leave the process over OTLP/HTTP when the standard variables say where to; without
+an exporter they are not recorded, but the trace context still flows."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from opentelemetry import propagate
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from chassis.telemetry import span_exporter
+from chassis.telemetry import current_traceparent, sampler, span_exporter
 
 
 def test_no_endpoint_no_exporter() -> None:
@@ -66,3 +68,28 @@ async def test_spans_reach_a_collector() -> None:
         assert b"create-contact" in received[0][1]
     finally:
         server.shutdown()
+
+
+def test_without_an_exporter_root_spans_are_not_recorded_but_keep_a_trace_context() -> None:
+    chosen = sampler({}, exporting=False)
+    assert chosen is not None
+    tracer = TracerProvider(sampler=chosen).get_tracer("t")
+    with tracer.start_as_current_span("root") as root:
+        ctx = root.get_span_context()
+        assert not root.is_recording()
+        assert ctx.is_valid  # trace ids still reach logs, traceparent and event headers
+        traceparent = current_traceparent()
+        assert traceparent is not None
+        _, trace_id, span_id, flags = traceparent.split("-")
+        assert (trace_id, span_id) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        assert not int(flags, 16) & 1  # not sampled: downstream services need not record
+    sampled_parent = propagate.extract(
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    )
+    with tracer.start_as_current_span("child", context=sampled_parent) as child:
+        assert child.is_recording()  # a caller's sampling decision is honoured
+
+
+def test_an_exporter_or_an_explicit_sampler_leaves_the_choice_to_the_sdk() -> None:
+    assert sampler({}, exporting=True) is None
+    assert sampler({"OTEL_TRACES_SAMPLER": "always_on"}, exporting=False) is None

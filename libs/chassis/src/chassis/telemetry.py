@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
@@ -56,6 +57,19 @@ def span_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | Non
     return OTLPSpanExporter(endpoint=endpoint)
 
 
+def sampler(environ: Mapping[str, str], *, exporting: bool) -> Sampler | None:
+    """Which spans to record: None leaves it to the SDK (`OTEL_TRACES_SAMPLER`, by default
+    parent-based always-on), which is what happens whenever spans can leave the process or
+    a sampler is asked for. Without an exporter a recorded span is work thrown away at the
+    end of every request and event (attributes, events, the processor chain: a few percent
+    of each service's CPU), so root spans are not recorded. They still carry a valid trace
+    context: the trace ids in the logs, the proxied requests' `traceparent` and the events'
+    headers are the same; a caller's sampled parent is still honoured."""
+    if exporting or environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(root=ALWAYS_OFF)
+
+
 def setup(service: str, *, log_level: str = "INFO", json_logs: bool = True) -> None:
     """Configure the tracer provider (sampling from OTEL_TRACES_SAMPLER /
     OTEL_TRACES_SAMPLER_ARG, export from `span_exporter`) and logging once per process."""
@@ -63,8 +77,11 @@ def setup(service: str, *, log_level: str = "INFO", json_logs: bool = True) -> N
     if _configured:
         return
     _configured = True
-    provider = TracerProvider(resource=Resource.create({"service.name": f"crm-{service}"}))
     exporter = span_exporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"crm-{service}"}),
+        sampler=sampler(os.environ, exporting=exporter is not None),
+    )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -121,6 +121,9 @@ class Relay:
         log.info("relay of %s is leader", self.service)
         backoff = 0.1
         while True:
+            # A commit from now on sets the wake-up again; every commit before it is visible
+            # to the fetch below (`committed` runs once the commit returned).
+            self._wake.clear()
             rows = await conn.fetch(
                 "SELECT id, subject, headers, payload FROM outbox WHERE sent_at IS NULL "
                 "ORDER BY id LIMIT $1",
@@ -128,9 +131,7 @@ class Relay:
             )
             telemetry.OUTBOX_BACKLOG.labels(self.service).set(len(rows))
             if not rows:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                await self._idle()
                 continue
             try:
                 await self._publish(rows)
@@ -146,6 +147,17 @@ class Relay:
                 [r["id"] for r in rows],
             )
             telemetry.EVENTS_PUBLISHED.labels(self.service).inc(len(rows))
+            if len(rows) < self.batch_size:
+                # the fetch took all there was: wait for the next commit instead of asking
+                # again (at a trickle that empty fetch was a third of the relay's queries)
+                telemetry.OUTBOX_BACKLOG.labels(self.service).set(0)
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Until a commit wakes the relay, or the poll interval passed (rows written by a
+        process that could not wake it)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
         if not self.bus.connected or self.bus.nc is None:

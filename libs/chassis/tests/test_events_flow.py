@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -10,8 +11,10 @@ import nats
 from google.protobuf.wrappers_pb2 import StringValue
 from httpx import AsyncClient
 
+from chassis.bus import Bus, StreamSpec
 from chassis.db import asyncpg_dsn
 from chassis.events import OutgoingEvent
+from chassis.relay import Relay
 from chassis.testing import Infra, wait_for
 
 
@@ -90,6 +93,46 @@ class TestRelay:
         await wait_for(lambda: _all_sent(db_url), message="relay re-send")
         msgs = await stream_messages(crm_infra)
         assert len(msgs) == 6
+
+
+class TestStandbyRelay:
+    async def test_wakes_the_leader_over_one_kept_connection(
+        self, crm_infra: Infra, db_url: str
+    ) -> None:
+        """A replica that is not the relay tells the leader about its commits with NOTIFY,
+        one per short window, always on the same connection (not one connection each)."""
+        bus = Bus(crm_infra.nats_url, name="standby-test")
+        standby = Relay(db_url, bus, StreamSpec.for_context("testctx"), service="standby-test")
+        listener = await asyncpg.connect(asyncpg_dsn(db_url))
+        woken: list[str] = []
+        await listener.add_listener("crm_outbox", lambda *args: woken.append(args[2]))
+        try:
+            for _ in range(3):
+                standby.committed()  # not the leader: it never started, so it notifies
+                await asyncio.sleep(0.05)
+            await wait_for(lambda: _eq(lambda: _len(woken), 3), message="three wake-ups")
+            backends = await listener.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                standby.notify_name,
+            )
+            assert len(backends) == 1
+        finally:
+            await standby.stop()
+            await listener.close()
+
+        async def closed() -> bool:  # stop() closes it (the backend exits just after)
+            rows = await fetch(
+                db_url,
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                standby.notify_name,
+            )
+            return not rows
+
+        await wait_for(closed, message="the notify connection closed")
+
+
+async def _len(items: list[str]) -> int:
+    return len(items)
 
 
 async def _all_sent(url: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from chassis.auth import Principal
 from chassis.testing import wait_for
 from contacts.access import Caller
-from contacts.imports import actor_record, runner
+from contacts.imports import ImportRunner, actor_record, runner
 
 CSV = (
     "First,Last,E-mail,Size,SAP\n"
@@ -204,3 +205,40 @@ class TestImportRecovery:
         assert (job["processed"], job["created"]) == (5, 5)
         rows = await api.sql("SELECT email FROM contacts ORDER BY email")
         assert [r["email"] for r in rows] == ["p2@x.com", "p3@x.com", "p4@x.com"]
+
+
+class TestImportConcurrency:
+    async def test_jobs_beyond_the_limit_wait_their_turn(self, api: Any, app: FastAPI) -> None:
+        app.state.imports = ImportRunner(
+            app.state.db, "US", chunk_size=500, max_running=2
+        )  # the app's own runner has nothing running: replace it with a two-slot one
+        jobs_runner = runner(app)
+        process = jobs_runner._process
+        running: list[uuid.UUID] = []
+        most = 0
+
+        async def slow_process(tenant: str, job_id: uuid.UUID) -> None:
+            nonlocal most
+            running.append(job_id)
+            most = max(most, len(running))
+            await asyncio.sleep(0.2)  # long enough for all five to be started meanwhile
+            try:
+                await process(tenant, job_id)
+            finally:
+                running.remove(job_id)
+
+        jobs_runner._process = slow_process  # type: ignore[method-assign]
+        ids = []
+        for n in range(5):
+            body = "email\n" + "".join(f"j{n}-{i}@x.com\n" for i in range(3))
+            r = await api.client.post(
+                "/v1/contacts/imports",
+                headers=api.h(),
+                files={"file": (f"j{n}.csv", body.encode(), "text/csv")},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        for job_id in ids:
+            job = await finished(api, job_id)
+            assert (job["status"], job["created"]) == ("completed", 3)
+        assert most == 2

@@ -23,7 +23,10 @@ SERVICE = "contacts"
 def _spec(settings: ContactsSettings) -> ServiceSpec:
     async def start_imports(app: FastAPI) -> None:
         app.state.imports = ImportRunner(
-            app.state.db, settings.default_phone_region, settings.import_chunk_size
+            app.state.db,
+            settings.default_phone_region,
+            settings.import_chunk_size,
+            max_running=settings.import_max_running,
         )
         await runner(app).resume_unfinished()
 

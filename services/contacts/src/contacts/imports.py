@@ -206,11 +206,13 @@ def _lock_key(job_id: uuid.UUID) -> int:
 class ImportRunner:
     """The import jobs running in this process."""
 
-    def __init__(self, db: Database, region: str, chunk_size: int) -> None:
+    def __init__(self, db: Database, region: str, chunk_size: int, max_running: int = 4) -> None:
         self.db = db
         self.region = region
         self.chunk_size = max(1, chunk_size)
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # FIFO (asyncio's semaphore lets no newcomer pass a waiter): jobs start in order
+        self._slots = asyncio.Semaphore(max(1, max_running))
 
     def start(self, tenant: str, job_id: uuid.UUID) -> None:
         task = asyncio.create_task(self._run(tenant, job_id), name=f"import-{job_id}")
@@ -235,7 +237,7 @@ class ImportRunner:
 
     async def _run(self, tenant: str, job_id: uuid.UUID) -> None:
         # a connection of its own: the lock is session state, held for the whole job
-        async with self.db.dedicated() as lock_conn:
+        async with self._slots, self.db.dedicated() as lock_conn:
             if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(job_id)):
                 return  # another replica runs it
             try:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    any_,
     bindparam,
     delete,
     func,
@@ -76,6 +77,13 @@ async def _rows(session: AsyncSession, stmt: Any) -> list[Row]:
 # --- contacts -------------------------------------------------------------------------------
 
 
+def _any_of(column: Any, values: list[Any]) -> Any:
+    """`= ANY(:array)`: one statement whatever the number of values. `IN (...)` is rendered
+    with one parameter per value at every execution, so SQLAlchemy compiles it each time and
+    PostgreSQL prepares a new statement for each list length."""
+    return any_(bindparam(None, values, type_=ARRAY(column.type)))
+
+
 def _contact_select(tenant: str) -> Select[Any]:
     return select(*CONTACT_COLUMNS).where(contacts_t.c.tenant_id == tenant)
 
@@ -93,7 +101,11 @@ async def get_contacts(
 ) -> list[Row]:
     if not ids:
         return []
-    stmt = _contact_select(tenant).where(contacts_t.c.id.in_(ids)).order_by(contacts_t.c.id)
+    stmt = (
+        _contact_select(tenant)
+        .where(contacts_t.c.id == _any_of(contacts_t.c.id, list(ids)))
+        .order_by(contacts_t.c.id)
+    )
     if for_update:
         stmt = stmt.with_for_update()
     return await _rows(session, stmt)
@@ -129,7 +141,7 @@ async def live_contact_ids_by_email(
         select(contacts_t.c.email, contacts_t.c.id)
         .where(
             contacts_t.c.tenant_id == tenant,
-            contacts_t.c.email.in_(values),
+            contacts_t.c.email == _any_of(contacts_t.c.email, values),
             _live(contacts_t),
         )
         .order_by(contacts_t.c.created_at, contacts_t.c.id)
@@ -283,7 +295,9 @@ async def company_ids_that_exist(
     if not values:
         return set()
     stmt = select(companies_t.c.id).where(
-        companies_t.c.tenant_id == tenant, companies_t.c.id.in_(values), _live(companies_t)
+        companies_t.c.tenant_id == tenant,
+        companies_t.c.id == _any_of(companies_t.c.id, values),
+        _live(companies_t),
     )
     return set((await session.execute(stmt)).scalars().all())
 
@@ -295,7 +309,7 @@ async def company_names(
     if not values:
         return {}
     stmt = select(companies_t.c.id, companies_t.c.name).where(
-        companies_t.c.tenant_id == tenant, companies_t.c.id.in_(values)
+        companies_t.c.tenant_id == tenant, companies_t.c.id == _any_of(companies_t.c.id, values)
     )
     return {r.id: r.name for r in (await session.execute(stmt)).all()}
 

@@ -7,6 +7,9 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+
+from contacts import repository as repo
 
 PROBLEM = "application/problem+json"
 
@@ -14,6 +17,52 @@ PROBLEM = "application/problem+json"
 def paths(r: Any) -> list[str]:
     assert r.headers["content-type"] == PROBLEM, r.text
     return [".".join(str(p) for p in e["path"]) for e in r.json()["errors"]]
+
+
+class TestReadContact:
+    async def rich(self, api: Any) -> dict[str, Any]:
+        co = await api.company(name="Engines Ltd")
+        await api.field("size", "number")
+        await api.field("tier", "enum", options=["gold", "silver"])
+        return dict(
+            await api.contact(
+                first_name="Ada",
+                last_name="Lovelace",
+                email="ada@example.com",
+                phone="+12025550143",
+                company_id=co["id"],
+                owner_id="user-7",
+                lifecycle_stage="customer",
+                lead_source="webinar",
+                tags=["vip", "x"],
+                custom_fields={"size": 10.5, "tier": "gold"},
+                external_ids={"sap": "42", "erp": "A-1"},
+                consent={"email_marketing": "granted", "legal_basis": "consent"},
+            )
+        )
+
+    async def test_a_read_returns_what_the_create_returned(self, api: Any) -> None:
+        c = await self.rich(api)
+        r = await api.client.get(f"/v1/contacts/{c['id']}", headers=api.h())
+        assert r.status_code == 200
+        assert r.json() == c
+        assert r.headers["etag"] == '"1"'
+
+    async def test_the_raw_read_has_the_shape_of_the_session_read(
+        self, api: Any, app: FastAPI
+    ) -> None:
+        """GET reads on the raw pool (no transaction); writes read through the session. The
+        two must give the same row, value for value and type for type."""
+        cid = uuid.UUID((await self.rich(api))["id"])
+        db = app.state.db
+        raw = await repo.read_contact(await db.pool(), "acme", cid)
+        async with db.sessionmaker() as session:
+            orm = await repo.get_contact(session, "acme", cid)
+        assert raw is not None
+        assert orm is not None
+        assert raw == orm
+        assert {k: type(v) for k, v in raw.items()} == {k: type(v) for k, v in orm.items()}
+        assert await repo.read_contact(await db.pool(), "other", cid) is None
 
 
 class TestCreateContact:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 
 from chassis.auth import PrincipalDep
-from chassis.db import SessionDep
+from chassis.db import SessionDep, get_database
 from chassis.http import Page, set_etag
 from chassis.problems import invalid
 from contacts.access import Caller
@@ -63,8 +63,10 @@ async def contact_service(
     session: SessionDep,
     caller: CallerDep,
     settings: Annotated[ContactsSettings, Depends(get_settings)],
+    request: Request,
 ) -> ContactService:
-    return ContactService(session, caller, settings.default_phone_region)
+    reads = await get_database(request).pool()
+    return ContactService(session, caller, settings.default_phone_region, reads)
 
 
 async def company_service(session: SessionDep, caller: CallerDep) -> CompanyService:

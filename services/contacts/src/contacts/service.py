@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis.db import ReadPool
 from chassis.http import check_if_match, decode_cursor, encode_cursor
 from chassis.problems import invalid
 from contacts import dedup
@@ -65,9 +66,12 @@ def page(rows: list[Row], sort: Sort, limit: int) -> tuple[list[Row], str | None
 
 
 class ContactService:
-    def __init__(self, session: AsyncSession, caller: Caller, region: str) -> None:
+    def __init__(
+        self, session: AsyncSession, caller: Caller, region: str, reads: ReadPool | None = None
+    ) -> None:
         self.session = session
         self.caller = caller
+        self.reads = reads
         self.events = EventSink(session, caller.principal, caller.origin)
         self.writer = ContactWriter(session, caller, region, self.events)
 
@@ -81,6 +85,9 @@ class ContactService:
             row = await repo.get_contact(
                 self.session, self.caller.tenant, contact_id, for_update=for_update
             )
+        return self._shown(contact_id, row, allow_erased=allow_erased)
+
+    def _shown(self, contact_id: uuid.UUID, row: Row | None, *, allow_erased: bool = False) -> Row:
         if row is None or row["deleted_at"] is not None or not self.caller.can_see(row):
             raise ContactNotFound(contact_id)
         if row["merged_into_id"] is not None:
@@ -90,7 +97,12 @@ class ContactService:
         return row
 
     async def get(self, contact_id: uuid.UUID) -> Row:
-        return await self._visible(contact_id)
+        if self.reads is None:
+            return await self._visible(contact_id)
+        row = None
+        if not self.caller.sees_nothing:  # a plain read: no transaction, no session
+            row = await repo.read_contact(self.reads, self.caller.tenant, contact_id)
+        return self._shown(contact_id, row)
 
     async def search(
         self, f: ContactFilter, cf: Mapping[str, str], sort: str, cursor: str | None, limit: int

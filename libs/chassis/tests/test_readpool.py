@@ -60,3 +60,11 @@ class TestReadPool:
             assert pool.pool.get_size() == 1
         finally:
             await db.dispose()
+
+    async def test_callers_arriving_together_share_one_pool(self, db_url: str) -> None:
+        db = Database(db_url, pool_size=2, read_pool_size=2)
+        try:
+            pools = await asyncio.gather(*(db.pool() for _ in range(10)))
+            assert all(p is pools[0] for p in pools)
+        finally:
+            await db.dispose()

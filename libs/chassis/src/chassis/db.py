@@ -101,17 +101,23 @@ class Database:
         )
         self._pool: ReadPool | None = None
         self._pool_size = read_pool_size or pool_size
+        self._pool_opening = asyncio.Lock()
 
     async def pool(self) -> ReadPool:
-        if self._pool is None:
-            pool = await asyncpg.create_pool(
-                asyncpg_dsn(self.url),
-                min_size=1,
-                max_size=self._pool_size,
-                reset=_keep_session,
-            )
-            self._pool = ReadPool(pool, self._pool_size)
-        return self._pool
+        """The raw read pool, opened by the first caller; callers that arrive while it opens
+        wait for it instead of opening (and leaking) pools of their own."""
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_opening:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    asyncpg_dsn(self.url),
+                    min_size=1,
+                    max_size=self._pool_size,
+                    reset=_keep_session,
+                )
+                self._pool = ReadPool(pool, self._pool_size)
+            return self._pool
 
     @contextlib.asynccontextmanager
     async def dedicated(self) -> AsyncIterator[asyncpg.Connection]:

@@ -6,10 +6,52 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+
+from contacts import repository as repo
 
 
 def paths(r: Any) -> list[str]:
     return [".".join(str(p) for p in e["path"]) for e in r.json()["errors"]]
+
+
+class TestReadCompany:
+    async def rich(self, api: Any) -> dict[str, Any]:
+        await api.field("region", "text", object_type="company")
+        return dict(
+            await api.company(
+                name="Engines",
+                domain="engines.example",
+                industry="manufacturing",
+                employees=12,
+                annual_revenue={"amount": "1234567.10", "currency": "EUR"},
+                owner_id="user-7",
+                tags=["key", "emea"],
+                custom_fields={"region": "north"},
+                external_ids={"sap": "C-1"},
+            )
+        )
+
+    async def test_a_read_returns_what_the_create_returned(self, api: Any) -> None:
+        c = await self.rich(api)
+        r = await api.client.get(f"/v1/companies/{c['id']}", headers=api.h())
+        assert r.status_code == 200
+        assert r.json() == c
+        assert r.headers["etag"] == '"1"'
+
+    async def test_the_raw_read_has_the_shape_of_the_session_read(
+        self, api: Any, app: FastAPI
+    ) -> None:
+        cid = uuid.UUID((await self.rich(api))["id"])
+        db = app.state.db
+        raw = await repo.read_company(await db.pool(), "acme", cid)
+        async with db.sessionmaker() as session:
+            orm = await repo.get_company(session, "acme", cid)
+        assert raw is not None
+        assert orm is not None
+        assert raw == orm
+        assert {k: type(v) for k, v in raw.items()} == {k: type(v) for k, v in orm.items()}
+        assert await repo.read_company(await db.pool(), "other", cid) is None
 
 
 class TestCreateCompany:

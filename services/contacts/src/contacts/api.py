@@ -69,8 +69,10 @@ async def contact_service(
     return ContactService(session, caller, settings.default_phone_region, reads)
 
 
-async def company_service(session: SessionDep, caller: CallerDep) -> CompanyService:
-    return CompanyService(session, caller)
+async def company_service(
+    session: SessionDep, caller: CallerDep, request: Request
+) -> CompanyService:
+    return CompanyService(session, caller, await get_database(request).pool())
 
 
 async def field_service(session: SessionDep, caller: CallerDep) -> FieldService:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from chassis.db import ReadPool
 from chassis.http import check_if_match
 from contacts import repository as repo
 from contacts.access import Caller
@@ -54,9 +55,12 @@ def company_changes(old: Row, new: Row) -> list[str]:
 
 
 class CompanyService:
-    def __init__(self, session: AsyncSession, caller: Caller) -> None:
+    def __init__(
+        self, session: AsyncSession, caller: Caller, reads: ReadPool | None = None
+    ) -> None:
         self.session = session
         self.caller = caller
+        self.reads = reads
         self.events = EventSink(session, caller.principal, caller.origin)
 
     async def _visible(self, company_id: uuid.UUID, *, for_update: bool = False) -> Row:
@@ -65,12 +69,20 @@ class CompanyService:
             row = await repo.get_company(
                 self.session, self.caller.tenant, company_id, for_update=for_update
             )
+        return self._shown(company_id, row)
+
+    def _shown(self, company_id: uuid.UUID, row: Row | None) -> Row:
         if row is None or row["deleted_at"] is not None or not self.caller.can_see(row):
             raise CompanyNotFound(company_id)
         return row
 
     async def get(self, company_id: uuid.UUID) -> Row:
-        return await self._visible(company_id)
+        if self.reads is None:
+            return await self._visible(company_id)
+        row = None
+        if not self.caller.sees_nothing:  # a plain read: no transaction, no session
+            row = await repo.read_company(self.reads, self.caller.tenant, company_id)
+        return self._shown(company_id, row)
 
     async def search(
         self,

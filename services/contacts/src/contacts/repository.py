@@ -89,25 +89,36 @@ def _contact_select(tenant: str) -> Select[Any]:
     return select(*CONTACT_COLUMNS).where(contacts_t.c.tenant_id == tenant)
 
 
-_READ_CONTACT = (
-    "SELECT "
-    + ", ".join(f'"{c.name}"' for c in CONTACT_COLUMNS)
-    + " FROM contacts WHERE tenant_id = $1 AND id = $2"
-)
+def _read_by_id(table: Table, columns: Sequence[Any]) -> str:
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    return f"SELECT {names} FROM {table.name} WHERE tenant_id = $1 AND id = $2"
 
 
-async def read_contact(pool: ReadPool, tenant: str, contact_id: uuid.UUID) -> Row | None:
-    """One contact for a plain read: a cached prepared statement on the raw read pool,
-    outside any transaction. Through the session the same read cost a BEGIN, a statement
-    compiled by SQLAlchemy and a COMMIT. The row has the same shape as `get_contact`'s."""
-    record = await pool.fetchrow(_READ_CONTACT, tenant, contact_id)
+_READ_CONTACT = _read_by_id(contacts_t, CONTACT_COLUMNS)
+_READ_COMPANY = _read_by_id(companies_t, list(companies_t.c))
+
+
+async def _read_one(pool: ReadPool, sql: str, tenant: str, row_id: uuid.UUID) -> Row | None:
+    """One row for a plain read: a cached prepared statement on the raw read pool, outside
+    any transaction. Through the session the same read cost a BEGIN, a statement compiled by
+    SQLAlchemy and a COMMIT. JSON columns are decoded, so the row has the shape the session
+    gives (tested)."""
+    record = await pool.fetchrow(sql, tenant, row_id)
     if record is None:
         return None
     row: Row = dict(record)
     for name in _JSON_COLUMNS:
-        if row[name] is not None:
+        if row.get(name) is not None:
             row[name] = json.loads(row[name])
     return row
+
+
+async def read_contact(pool: ReadPool, tenant: str, contact_id: uuid.UUID) -> Row | None:
+    return await _read_one(pool, _READ_CONTACT, tenant, contact_id)
+
+
+async def read_company(pool: ReadPool, tenant: str, company_id: uuid.UUID) -> Row | None:
+    return await _read_one(pool, _READ_COMPANY, tenant, company_id)
 
 
 async def get_contact(

@@ -88,6 +88,26 @@ class Api:
         finally:
             await conn.close()
 
+    async def check_get_returns(self, path: str, created: dict[str, Any]) -> None:
+        """GET `path` answers exactly what the create answered, with its version as ETag."""
+        r = await self.client.get(path, headers=self.h())
+        assert r.status_code == 200
+        assert r.json() == created
+        assert r.headers["etag"] == f'"{created["version"]}"'
+
+    async def check_plain_read(self, app: FastAPI, read: Any, get: Any, row_id: Any) -> None:
+        """`read` (raw pool, what GET uses) gives the row `get` (session, what writes use)
+        gives, value for value and type for type, and nothing to another tenant."""
+        db = app.state.db
+        raw = await read(await db.pool(), "acme", row_id)
+        async with db.sessionmaker() as session:
+            orm = await get(session, "acme", row_id)
+        assert raw is not None
+        assert orm is not None
+        assert raw == orm
+        assert {k: type(v) for k, v in raw.items()} == {k: type(v) for k, v in orm.items()}
+        assert await read(await db.pool(), "other", row_id) is None
+
     async def events(self, count: int, subject_filter: str = "") -> list[Any]:
         """Wait until the CRM_CONTACTS stream holds `count` matching messages; return them."""
 

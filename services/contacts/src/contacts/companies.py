@@ -17,7 +17,7 @@ from contacts.access import Caller
 from contacts.errors import CompanyInUse, CompanyNotFound, ExternalIdConflict
 from contacts.events import EventSink
 from contacts.models import CompanyIn
-from contacts.service import page, parse_cursor, parse_sort
+from contacts.service import page, parse_cursor, parse_sort, plain_read
 from contacts.validation import (
     FieldError,
     ValidationFailed,
@@ -79,9 +79,7 @@ class CompanyService:
     async def get(self, company_id: uuid.UUID) -> Row:
         if self.reads is None:
             return await self._visible(company_id)
-        row = None
-        if not self.caller.sees_nothing:  # a plain read: no transaction, no session
-            row = await repo.read_company(self.reads, self.caller.tenant, company_id)
+        row = await plain_read(self.caller, self.reads, repo.read_company, company_id)
         return self._shown(company_id, row)
 
     async def search(

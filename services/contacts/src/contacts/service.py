@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +65,19 @@ def page(rows: list[Row], sort: Sort, limit: int) -> tuple[list[Row], str | None
     )
 
 
+async def plain_read(
+    caller: Caller,
+    reads: ReadPool,
+    read: Callable[[ReadPool, str, uuid.UUID], Awaitable[Row | None]],
+    row_id: uuid.UUID,
+) -> Row | None:
+    """One row for a plain GET, on the raw read pool (no transaction, no session); None for
+    a caller who sees nothing. The service then applies its own visibility rules."""
+    if caller.sees_nothing:
+        return None
+    return await read(reads, caller.tenant, row_id)
+
+
 class ContactService:
     def __init__(
         self, session: AsyncSession, caller: Caller, region: str, reads: ReadPool | None = None
@@ -99,9 +112,7 @@ class ContactService:
     async def get(self, contact_id: uuid.UUID) -> Row:
         if self.reads is None:
             return await self._visible(contact_id)
-        row = None
-        if not self.caller.sees_nothing:  # a plain read: no transaction, no session
-            row = await repo.read_contact(self.reads, self.caller.tenant, contact_id)
+        row = await plain_read(self.caller, self.reads, repo.read_contact, contact_id)
         return self._shown(contact_id, row)
 
     async def search(
